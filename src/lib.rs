@@ -1,0 +1,19 @@
+//! dreadlock: a simple, very fast network lock daemon.
+//!
+//! # Layout
+//!
+//! ```text
+//! src/parser.rs      resumable byte-at-a-time state machine for the wire grammar
+//! src/timer.rs       hierarchical timer wheel (ms ticks, O(1) insert/cancel)
+//! src/lock_table.rs  key -> holder + FIFO waiters; pure data structure
+//! src/core.rs        sans-I/O protocol engine: bytes + clock in, replies out
+//! src/reactor.rs     single-threaded mio loop, slab of connections, buffers
+//! src/log.rs         stderr logging with a rate limit on client-caused warnings
+//! src/main.rs        CLI, descriptor limit, signals; runs the reactor
+//! ```
+pub mod core;
+pub mod lock_table;
+pub mod log;
+pub mod parser;
+pub mod reactor;
+pub mod timer;
