@@ -1,0 +1,163 @@
+//! The `dreadlock` daemon: CLI, logging, descriptor limit, then the reactor.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use dreadlock::log::{Level, Log};
+use dreadlock::reactor::{self, Reactor};
+use dreadlock::{core, parser};
+
+/// dreadlock: a simple, very fast network lock daemon.
+///
+/// Clients connect over TCP and send `lock <key> <timeout_ms>\r\n` and
+/// `unlock <key>\r\n`. Locks are granted first come, first served, and a
+/// connection's locks are released the moment it disconnects. A syntax error
+/// drops the offending connection (with a warning on stderr) and releases
+/// its locks. A soft guarantee: a restart or a network partition loses locks.
+#[derive(clap::Parser, Debug)]
+#[command(version, about, long_about, after_help = AFTER_HELP)]
+struct Args {
+    /// TCP port to listen on (positional, as in the original dreadlock).
+    #[arg(value_name = "PORT", default_value_t = 6001)]
+    port: u16,
+
+    /// Address to bind; the default listens on all IPv4 interfaces, like the
+    /// original. Use 127.0.0.1 to accept local clients only, :: for IPv6 too.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    bind: IpAddr,
+
+    /// Most simultaneous connections. Default: as many as the open-file limit
+    /// allows (the soft limit is raised to the hard limit at start). At the
+    /// cap, new connections wait in the listen backlog until one closes.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// Longest accepted command line in bytes, CRLF included; a longer line
+    /// is a syntax error and drops the connection.
+    #[arg(long, value_name = "BYTES", default_value_t = parser::DEFAULT_MAX_LINE_BYTES,
+          value_parser = clap::value_parser!(usize))]
+    max_line_bytes: usize,
+
+    /// Bytes kept from a connection while its `lock` waits (its later
+    /// commands run after the lock resolves). Past this the daemon stops
+    /// reading that socket, so TCP pushes back on the client.
+    #[arg(long, value_name = "BYTES", default_value_t = core::DEFAULT_MAX_PENDING_BYTES)]
+    max_pending_bytes: usize,
+
+    /// Replies queued for a client that does not read them. Past this the
+    /// daemon stops reading that client's commands until it drains.
+    #[arg(long, value_name = "BYTES", default_value_t = reactor::DEFAULT_MAX_OUTPUT_BYTES)]
+    max_output_bytes: usize,
+
+    /// Listen backlog (the kernel caps it at net.core.somaxconn).
+    #[arg(long, value_name = "N", default_value_t = reactor::DEFAULT_BACKLOG)]
+    backlog: u32,
+
+    /// Log every connection and disconnection too.
+    #[arg(short, long, conflicts_with = "quiet")]
+    verbose: bool,
+
+    /// Log errors only (no startup line, warnings or summary).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+const AFTER_HELP: &str = "\
+Limits (each bounds something a client controls):
+  line length      --max-line-bytes (default 10000, the original's buffer)
+  waiting input    --max-pending-bytes per connection (default 65536)
+  unread replies   --max-output-bytes per connection (default 65536)
+  connections      --max-connections (default: the open-file limit)
+  timeouts         any digit string (saturating); 67645734910 ms (~2.1 years)
+                   or more waits until granted or disconnected
+
+Examples:
+  dreadlock                         listen on 0.0.0.0:6001
+  dreadlock 11066 --bind 127.0.0.1  local clients only, port 11066
+  printf 'lock a 100\\r\\n' | nc 127.0.0.1 6001
+
+Signals: SIGINT/SIGTERM stop the daemon with a one-line summary on stderr.";
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let level = if args.quiet {
+        Level::Quiet
+    } else if args.verbose {
+        Level::Debug
+    } else {
+        Level::Info
+    };
+    let log = Log::new(level);
+    if args.max_line_bytes < 16 {
+        log.error(format_args!("--max-line-bytes must be at least 16"));
+        return ExitCode::from(2);
+    }
+
+    // Raise the soft descriptor limit to the hard one: every connection is one.
+    let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            log.error(format_args!("cannot read the open-file limit: {e}"));
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    // A few descriptors go to the listener, epoll, signals and stdio.
+    let fd_cap = usize::try_from(nofile.saturating_sub(16))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let max_connections = args.max_connections.unwrap_or(fd_cap);
+    if max_connections > fd_cap {
+        log.info(format_args!(
+            "warning: --max-connections {max_connections} exceeds the open-file limit ({nofile}); \
+             accept will pause when descriptors run out"
+        ));
+    }
+
+    let config = reactor::Config {
+        core: core::Config {
+            max_line_bytes: args.max_line_bytes,
+            max_pending_bytes: args.max_pending_bytes,
+        },
+        max_output_bytes: args.max_output_bytes,
+        max_connections,
+        backlog: args.backlog,
+    };
+    let addr = SocketAddr::new(args.bind, args.port);
+    let reactor = match Reactor::bind(addr, config, log, true) {
+        Ok(r) => r,
+        Err(e) => {
+            Log::new(level).error(format_args!("cannot listen on {addr}: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let log = Log::new(level);
+    log.info(format_args!(
+        "dreadlock {} listening on {} (max {} connections, open-file limit {nofile})",
+        env!("CARGO_PKG_VERSION"),
+        reactor.local_addr(),
+        max_connections,
+    ));
+    match reactor.run() {
+        Ok(s) => {
+            log.info(format_args!(
+                "stopped after {:.1}s: {} connections accepted (peak {}), {} commands, \
+                 {} granted, {} timed out, {} unlocked, {} error replies, {} syntax errors",
+                s.uptime.as_secs_f64(),
+                s.accepted,
+                s.peak_connections,
+                s.core.commands,
+                s.core.granted,
+                s.core.timeouts,
+                s.core.unlocked,
+                s.core.errors_replied,
+                s.core.syntax_errors,
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log.error(format_args!("event loop failed: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}

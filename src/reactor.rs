@@ -1,0 +1,584 @@
+//! The only part that touches the world: a single-threaded, edge-triggered
+//! mio loop over a listener and a `Slab` of connections, feeding the
+//! sans-I/O [`Core`](crate::core::Core) and writing what it returns.
+//!
+//! # One loop iteration
+//!
+//! ```text
+//! poll(timeout = next timer | 0 if connections are still readable | accept retry)
+//! now = clock()
+//! for each event: accept until WouldBlock | read (bounded) into the shared
+//!                 scratch buffer and feed the core | write pending output
+//! revisit connections left readable by the fairness budget (round robin)
+//! core.handle_timeout(now)                        // timers, every iteration
+//! drain core outputs into per-connection buffers
+//! one write per connection that got output; WRITABLE only while it backs up
+//! close connections marked dead (after the batch, so tokens are not reused
+//! while stale events for them may still be in hand)
+//! ```
+//!
+//! # Backpressure and fairness
+//!
+//! A connection is read only while the core wants its input (its `lock` is
+//! not waiting behind a full pending buffer) and its queued output is below
+//! `max_output_bytes`; otherwise its socket is left unread and TCP pushes back
+//! on the client. Each connection reads at most one scratch buffer per
+//! iteration; a connection that may have more is put on the `ready` list and
+//! served again after everyone else's events, so one client with endless
+//! pipelined input cannot starve the others. Paused connections still get
+//! read-closed/hang-up events, so a peer that goes away is noticed at once.
+//!
+//! # Descriptors
+//!
+//! When `accept` fails for lack of descriptors (EMFILE/ENFILE) or the
+//! connection cap is reached, the loop stops accepting (pending connections
+//! wait in the kernel's backlog) and tries again when a connection closes or
+//! after `ACCEPT_RETRY`, whichever comes first: no busy loop.
+
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::core::{Core, Output};
+use crate::lock_table::ConnId;
+use crate::log::Log;
+
+/// Bytes read from one connection per loop iteration; also the size of the
+/// shared scratch buffer (a connection keeps no read buffer of its own).
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Default bound on replies queued for a client that does not read them.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// Default listen backlog: large enough to absorb connection bursts; the
+/// kernel clamps it to `net.core.somaxconn`.
+pub const DEFAULT_BACKLOG: u32 = 65_535;
+
+/// How soon to retry `accept` after running out of descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Readiness events handled per `poll` call.
+const EVENTS_CAPACITY: usize = 1024;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// The reactor's own limits (the core's are in `core::Config`).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub core: crate::core::Config,
+    /// Queued output per connection past which it is not read.
+    pub max_output_bytes: usize,
+    /// Open connections at most.
+    pub max_connections: usize,
+    pub backlog: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            core: crate::core::Config::default(),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_connections: usize::MAX,
+            backlog: DEFAULT_BACKLOG,
+        }
+    }
+}
+
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Replies not yet written; `out[out_pos..]` is what remains.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Edge-triggered: set by a readable event, cleared once a read shows
+    /// the socket is drained. While set and the connection is paused, its
+    /// data waits in the kernel.
+    readable: bool,
+    /// The peer closed its side or the socket errored.
+    read_closed: bool,
+    /// WRITABLE interest is registered (only while output backs up).
+    want_write: bool,
+    /// On the `ready` list already.
+    queued: bool,
+    /// Got output this iteration and needs a write.
+    dirty: bool,
+    /// To be closed at the end of this iteration.
+    dead: bool,
+}
+
+impl Connection {
+    fn out_len(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+}
+
+/// Handle to stop a running reactor from another thread (tests).
+#[derive(Clone)]
+pub struct Stopper(std::sync::Arc<(Waker, std::sync::atomic::AtomicBool)>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.0.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.0.0.wake();
+    }
+}
+
+/// Totals for the shutdown summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Summary {
+    pub accepted: u64,
+    pub peak_connections: usize,
+    pub core: crate::core::Stats,
+    pub uptime: Duration,
+}
+
+pub struct Reactor {
+    poll: Poll,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    conns: Slab<Connection>,
+    core: Core,
+    config: Config,
+    scratch: Box<[u8]>,
+    /// Connections that may still have unread input (round robin).
+    ready: VecDeque<usize>,
+    /// Connections that got output this iteration.
+    dirty: Vec<usize>,
+    /// Connections to close at the end of this iteration.
+    dead: Vec<usize>,
+    /// Accepting is paused (cap or descriptors exhausted) until this time,
+    /// or until a connection closes.
+    accept_paused: Option<Instant>,
+    start: Instant,
+    stopper: Stopper,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    log: Log,
+    summary: Summary,
+}
+
+const SIGNALS: Token = Token(usize::MAX - 3);
+
+impl Reactor {
+    /// Binds `addr` and prepares the loop. `signals`: whether SIGINT/SIGTERM
+    /// stop the loop (the daemon) or are left alone (tests).
+    pub fn bind(addr: SocketAddr, config: Config, log: Log, signals: bool) -> io::Result<Self> {
+        let listener = listen(addr, config.backlog)?;
+        let local_addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let signals = if signals {
+            let mut s = signal_hook_mio::v1_0::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?;
+            poll.registry()
+                .register(&mut s, SIGNALS, Interest::READABLE)?;
+            Some(s)
+        } else {
+            None
+        };
+        let start = Instant::now();
+        Ok(Reactor {
+            poll,
+            listener,
+            local_addr,
+            conns: Slab::new(),
+            core: Core::new(config.core, 0),
+            config,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            dead: Vec::new(),
+            accept_paused: None,
+            start,
+            stopper: Stopper(std::sync::Arc::new((
+                waker,
+                std::sync::atomic::AtomicBool::new(false),
+            ))),
+            signals,
+            log,
+            summary: Summary::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs until stopped by a signal or the `Stopper`.
+    pub fn run(mut self) -> io::Result<Summary> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now_us = self.now_us();
+            let mut stop = false;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now_us),
+                    WAKER => stop |= self.stopper.0.1.load(std::sync::atomic::Ordering::SeqCst),
+                    SIGNALS => stop |= self.take_signals(),
+                    Token(c) => {
+                        let Some(conn) = self.conns.get_mut(c) else {
+                            continue;
+                        };
+                        if conn.dead {
+                            continue;
+                        }
+                        if event.is_read_closed() || event.is_error() {
+                            conn.read_closed = true;
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            conn.readable = true;
+                            self.read(c, now_us);
+                        }
+                        if event.is_writable() {
+                            self.write(c);
+                        }
+                    }
+                }
+            }
+            if stop {
+                break;
+            }
+            // Connections the fairness budget cut short, round robin.
+            for _ in 0..self.ready.len() {
+                let Some(c) = self.ready.pop_front() else {
+                    break;
+                };
+                if let Some(conn) = self.conns.get_mut(c) {
+                    conn.queued = false;
+                    if !conn.dead {
+                        self.read(c, now_us);
+                    }
+                }
+            }
+            if self.accept_paused.is_some_and(|t| Instant::now() >= t) {
+                self.accept(now_us);
+            }
+            self.core.handle_timeout(now_us);
+            self.drain_outputs();
+            self.flush();
+            self.reap();
+        }
+        self.summary.core = self.core.stats();
+        self.summary.uptime = self.start.elapsed();
+        Ok(self.summary)
+    }
+
+    fn take_signals(&mut self) -> bool {
+        let Some(signals) = self.signals.as_mut() else {
+            return false;
+        };
+        let mut stop = false;
+        for sig in signals.pending() {
+            self.log.info(format_args!(
+                "received {}, shutting down",
+                if sig == signal_hook::consts::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                }
+            ));
+            stop = true;
+        }
+        stop
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now_us = self.now_us();
+        let timer = self
+            .core
+            .poll_timeout()
+            .map(|t| Duration::from_micros(t.saturating_sub(now_us)));
+        let accept = self
+            .accept_paused
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        match (timer, accept) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn accept(&mut self, now_us: u64) {
+        self.accept_paused = None;
+        loop {
+            if self.conns.len() >= self.config.max_connections {
+                // Resumed when a connection closes (see `reap`).
+                self.accept_paused = Some(Instant::now() + Duration::from_secs(3600));
+                self.log.debug(format_args!(
+                    "at the connection cap ({}); pausing accept",
+                    self.config.max_connections
+                ));
+                return;
+            }
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.add(stream, peer, now_us),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of resources.
+                    // Connections wait in the backlog; retry on a close or
+                    // after ACCEPT_RETRY, never in a busy loop.
+                    self.log.warn_limited(format_args!(
+                        "accept failed: {e} ({} connections open); pausing accept",
+                        self.conns.len()
+                    ));
+                    self.accept_paused = Some(Instant::now() + ACCEPT_RETRY);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, mut stream: TcpStream, peer: SocketAddr, _now_us: u64) {
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let c = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(c), Interest::READABLE)
+        {
+            self.log
+                .warn_limited(format_args!("cannot register connection from {peer}: {e}"));
+            return;
+        }
+        entry.insert(Connection {
+            stream,
+            peer,
+            out: Vec::new(),
+            out_pos: 0,
+            readable: false,
+            read_closed: false,
+            want_write: false,
+            queued: false,
+            dirty: false,
+            dead: false,
+        });
+        self.core.handle_open(ConnId(c));
+        self.summary.accepted += 1;
+        self.summary.peak_connections = self.summary.peak_connections.max(self.conns.len());
+        self.log.debug(format_args!("connection from {peer}"));
+    }
+
+    /// Reads what the budget and backpressure allow from connection `c`.
+    fn read(&mut self, c: usize, now_us: u64) {
+        let conn = &mut self.conns[c];
+        let paused =
+            !self.core.wants_input(ConnId(c)) || conn.out_len() >= self.config.max_output_bytes;
+        if paused {
+            if conn.read_closed {
+                // The peer left while we were not reading: it is gone.
+                self.kill(c, now_us);
+            }
+            return;
+        }
+        if !conn.readable {
+            return;
+        }
+        match conn.stream.read(&mut self.scratch) {
+            Ok(0) => self.kill(c, now_us),
+            Ok(n) => {
+                self.core
+                    .handle_bytes(ConnId(c), &self.scratch[..n], now_us);
+                self.drain_outputs();
+                let conn = &mut self.conns[c];
+                if conn.dead {
+                    return;
+                }
+                if n < self.scratch.len() {
+                    // Edge-triggered: a short read drained the socket; new
+                    // data brings a new event. A FIN seen with this event
+                    // means no more data will come.
+                    conn.readable = false;
+                    if conn.read_closed {
+                        self.kill(c, now_us);
+                    }
+                } else if !conn.queued {
+                    conn.queued = true;
+                    self.ready.push_back(c);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                conn.readable = false;
+                if conn.read_closed {
+                    self.kill(c, now_us);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {
+                if !conn.queued {
+                    conn.queued = true;
+                    self.ready.push_back(c);
+                }
+            }
+            Err(e) => {
+                self.log
+                    .debug(format_args!("read from {} failed: {e}", conn.peer));
+                self.kill(c, now_us);
+            }
+        }
+    }
+
+    /// The peer is gone: release its locks now, close at the end of the batch.
+    fn kill(&mut self, c: usize, now_us: u64) {
+        let conn = &mut self.conns[c];
+        if conn.dead {
+            return;
+        }
+        conn.dead = true;
+        self.dead.push(c);
+        self.log.debug(format_args!("{} disconnected", conn.peer));
+        self.core.handle_closed(ConnId(c), now_us);
+        self.drain_outputs();
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Reply(ConnId(c), reply) => {
+                    let conn = &mut self.conns[c];
+                    conn.out.extend_from_slice(reply.as_bytes());
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(c);
+                    }
+                }
+                Output::Close(ConnId(c), err) => {
+                    let conn = &mut self.conns[c];
+                    self.log.warn_limited(format_args!(
+                        "syntax error from client {}: {err}; dropping connection",
+                        conn.peer
+                    ));
+                    conn.dead = true;
+                    self.dead.push(c);
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(c);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One write per connection that got output in this iteration.
+    fn flush(&mut self) {
+        for i in 0..self.dirty.len() {
+            let c = self.dirty[i];
+            if let Some(conn) = self.conns.get_mut(c) {
+                conn.dirty = false;
+                self.write(c);
+            }
+        }
+        self.dirty.clear();
+    }
+
+    fn write(&mut self, c: usize) {
+        let conn = &mut self.conns[c];
+        while conn.out_len() > 0 {
+            match conn.stream.write(&conn.out[conn.out_pos..]) {
+                Ok(n) => conn.out_pos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // Reset or broken pipe: the read side will report it; stop
+                    // queueing output for it.
+                    conn.out.clear();
+                    conn.out_pos = 0;
+                    if !conn.dead {
+                        conn.read_closed = true;
+                        conn.readable = true;
+                        if !conn.queued {
+                            conn.queued = true;
+                            self.ready.push_back(c);
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        let backed_up = conn.out_len() > 0;
+        if !backed_up {
+            conn.out.clear();
+            conn.out_pos = 0;
+            if conn.out.capacity() > 4096 {
+                conn.out = Vec::new();
+            }
+        }
+        if backed_up != conn.want_write && !conn.dead {
+            conn.want_write = backed_up;
+            let interest = if backed_up {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(c), interest);
+        }
+        // Output drained below the bound: reading may resume.
+        if !backed_up && conn.readable && !conn.queued && !conn.dead {
+            conn.queued = true;
+            self.ready.push_back(c);
+        }
+    }
+
+    /// Closes connections marked dead in this iteration.
+    fn reap(&mut self) {
+        if self.dead.is_empty() {
+            return;
+        }
+        for c in self.dead.drain(..) {
+            if self.conns.contains(c) {
+                let conn = self.conns.remove(c);
+                // Dropping the stream closes it and removes it from epoll.
+                drop(conn);
+            }
+        }
+        if self.accept_paused.is_some() {
+            // A descriptor and a slot just freed up.
+            self.accept_paused = Some(Instant::now());
+        }
+    }
+}
+
+/// A listening socket with `SO_REUSEADDR` and the given backlog.
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // "::" serves IPv4 too, as a single listener should.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
