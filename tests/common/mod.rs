@@ -1,0 +1,209 @@
+//! Shared harness for the integration tests: start the real `dreadlock`
+//! binary on 127.0.0.1 with an ephemeral port, and talk to it over TCP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous bound for anything that should happen "at once".
+pub const PROMPT: Duration = Duration::from_secs(5);
+
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// Starts the daemon with extra flags; waits for its "listening on" line.
+    pub fn start_with(args: &[&str]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dreadlock"))
+            .args(["0", "--bind", "127.0.0.1"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn dreadlock");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut addr = None;
+        for line in lines.by_ref() {
+            let line = line.expect("read stderr");
+            stderr.lock().unwrap().push_str(&line);
+            stderr.lock().unwrap().push('\n');
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let a = rest.split_whitespace().next().unwrap();
+                addr = Some(a.parse().expect("address in startup line"));
+                break;
+            }
+        }
+        let addr = addr.expect("daemon printed no 'listening on' line");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Daemon {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_stderr(&self, needle: &str) -> String {
+        let end = Instant::now() + PROMPT;
+        loop {
+            let s = self.stderr();
+            if s.contains(needle) {
+                return s;
+            }
+            assert!(Instant::now() < end, "stderr never said {needle:?}:\n{s}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns stderr.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let end = Instant::now() + PROMPT;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < end, "daemon ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        (status, self.stderr())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, PROMPT).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(PROMPT)).unwrap();
+        Client { stream }
+    }
+
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) -> &mut Self {
+        self.stream.write_all(bytes.as_ref()).expect("send");
+        self
+    }
+
+    /// Reads exactly `want.len()` bytes and compares them.
+    pub fn expect(&mut self, want: &str) -> &mut Self {
+        let mut got = vec![0; want.len()];
+        if let Err(e) = self.stream.read_exact(&mut got) {
+            panic!("expected {want:?}, read failed: {e}");
+        }
+        assert_eq!(String::from_utf8_lossy(&got), want);
+        self
+    }
+
+    /// Sends a command and expects a reply.
+    pub fn call(&mut self, cmd: &str, reply: &str) -> &mut Self {
+        self.send(cmd).expect(reply)
+    }
+
+    /// Asserts nothing arrives within `wait`.
+    pub fn expect_silence(&mut self, wait: Duration) -> &mut Self {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 64];
+        match self.stream.read(&mut buf) {
+            Ok(0) => panic!("connection closed, expected silence"),
+            Ok(n) => panic!(
+                "expected silence, got {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("expected silence, got error {e}"),
+        }
+        self.stream.set_read_timeout(Some(PROMPT)).unwrap();
+        self
+    }
+
+    /// Asserts the daemon closes the connection (EOF or reset) soon.
+    pub fn expect_closed(&mut self) {
+        let mut buf = [0u8; 256];
+        match self.stream.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!(
+                "expected close, got {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected close, got error {e}"),
+        }
+    }
+
+    /// Reads one CRLF-terminated reply line.
+    pub fn read_line(&mut self) -> String {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            match self.stream.read(&mut b) {
+                Ok(1) => line.push(b[0]),
+                Ok(_) => panic!("closed mid-line after {:?}", String::from_utf8_lossy(&line)),
+                Err(e) => panic!(
+                    "read_line failed after {:?}: {e}",
+                    String::from_utf8_lossy(&line)
+                ),
+            }
+        }
+        String::from_utf8(line).unwrap()
+    }
+
+    pub fn shutdown_write(&mut self) {
+        self.stream.shutdown(Shutdown::Write).unwrap();
+    }
+
+    /// Closes with a TCP reset instead of a FIN (SO_LINGER 0).
+    pub fn reset(self) {
+        let sock = socket2::SockRef::from(&self.stream);
+        sock.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(self);
+    }
+}
