@@ -129,6 +129,7 @@ pub struct Core {
     resume: VecDeque<ConnId>,
     granted: Vec<ConnId>,
     stats: Stats,
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     checks: u64,
 }
 

@@ -237,7 +237,7 @@ impl Reactor {
             let mut stop = false;
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(now_us),
+                    LISTENER => self.accept(),
                     WAKER => stop |= self.stopper.0.1.load(std::sync::atomic::Ordering::SeqCst),
                     SIGNALS => stop |= self.take_signals(),
                     Token(c) => {
@@ -276,9 +276,9 @@ impl Reactor {
                 }
             }
             if self.accept_paused.is_some_and(|t| Instant::now() >= t) {
-                self.accept(now_us);
+                self.accept();
             }
-            self.core.handle_timeout(now_us);
+            self.core.handle_timeout(self.now_us());
             self.drain_outputs();
             self.flush();
             self.reap();
@@ -325,7 +325,7 @@ impl Reactor {
         }
     }
 
-    fn accept(&mut self, now_us: u64) {
+    fn accept(&mut self) {
         self.accept_paused = None;
         loop {
             if self.conns.len() >= self.config.max_connections {
@@ -338,7 +338,7 @@ impl Reactor {
                 return;
             }
             match self.listener.accept() {
-                Ok((stream, peer)) => self.add(stream, peer, now_us),
+                Ok((stream, peer)) => self.add(stream, peer),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -356,7 +356,7 @@ impl Reactor {
         }
     }
 
-    fn add(&mut self, mut stream: TcpStream, peer: SocketAddr, _now_us: u64) {
+    fn add(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let c = entry.key();
@@ -405,6 +405,9 @@ impl Reactor {
         match conn.stream.read(&mut self.scratch) {
             Ok(0) => self.kill(c, now_us),
             Ok(n) => {
+                // Read the clock after the data arrived, not at the start of
+                // the iteration: deadlines count from no earlier than arrival.
+                let now_us = now_us.max(self.now_us());
                 self.core
                     .handle_bytes(ConnId(c), &self.scratch[..n], now_us);
                 self.drain_outputs();
