@@ -1,0 +1,326 @@
+//! `dreadlock-bench`: a loopback load generator for any server speaking the
+//! dreadlock protocol, and for Redis (`SET key 1 NX PX ms` / `DEL key`,
+//! inline commands) for side-by-side figures.
+//!
+//! Single-threaded on its own mio loop, so on a small machine it takes one
+//! core and leaves the other to the server. Every reply is checked byte for
+//! byte; any protocol error, mutual-exclusion violation or early timeout
+//! fails the run (exit 1, with the reason on stderr). Every run is bounded
+//! in time: the scenario's own deadlines, plus a watchdog that ends the
+//! process if they are ever missed.
+//!
+//! # Layout
+//!
+//! ```text
+//! main.rs       CLI, watchdog, printing
+//! scenarios.rs  throughput, contended, timeouts, connections
+//! net.rs        connections, both protocols, batched non-blocking connect
+//! hist.rs       log-bucket latency histogram
+//! procfs.rs     the server's CPU time and RSS from /proc/PID
+//! report.rs     human summary and JSON
+//! ```
+
+mod hist;
+mod net;
+mod procfs;
+mod report;
+mod scenarios;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use crate::net::Proto;
+use crate::report::Val;
+
+/// Loopback load generator for dreadlock-protocol servers (and Redis).
+///
+/// Exit status: 0 when every check passed, 1 on any correctness failure
+/// (a reply that is not byte-for-byte right, two holders of one lock, a
+/// timeout answered early, failed connections, no reply in time), 2 on a
+/// usage or setup error.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about, after_help = AFTER_HELP)]
+struct Cli {
+    /// Server address.
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:6001"
+    )]
+    addr: SocketAddr,
+
+    /// Speak Redis (SET key 1 NX PX ms / DEL key) instead of dreadlock.
+    #[arg(long, global = true)]
+    redis: bool,
+
+    /// Measured interval in seconds (throughput, contended).
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 5.0)]
+    duration: f64,
+
+    /// Unmeasured run-in before the measured interval, in seconds.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 0.5)]
+    warmup: f64,
+
+    /// How long outstanding replies may take after the measured interval
+    /// (or a timeout) before the run fails, in seconds.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 10.0)]
+    grace: f64,
+
+    /// Server process id: report its CPU time over the measured interval
+    /// (and RSS in the connections scenario) from /proc.
+    #[arg(long, global = true)]
+    pid: Option<u32>,
+
+    /// Print one JSON object on stdout instead of the human summary.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Non-blocking connects in progress at once.
+    #[arg(long, global = true, value_name = "N", default_value_t = 1000)]
+    batch: usize,
+
+    /// Time allowed for one connect, in milliseconds.
+    #[arg(long, global = true, value_name = "MS", default_value_t = 5000)]
+    connect_timeout_ms: u64,
+
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum Scenario {
+    /// C connections, each on its own key, P lock/unlock pairs in flight
+    /// per connection: pairs/s, round latency, min/max pairs per connection.
+    Throughput {
+        /// Connections.
+        #[arg(short = 'c', long, default_value_t = 50)]
+        connections: usize,
+        /// Lock/unlock pairs written per round (pipelining depth).
+        #[arg(short = 'p', long, default_value_t = 1)]
+        pipeline: usize,
+    },
+    /// C connections on K keys, each looping lock -> unlock: handoffs/s,
+    /// grant latency, mutual-exclusion violations (Redis: SET NX retried
+    /// at once until granted).
+    Contended {
+        #[arg(short = 'c', long, default_value_t = 100)]
+        connections: usize,
+        /// Keys shared by the connections (connection i uses key i mod K).
+        #[arg(short = 'k', long, default_value_t = 1)]
+        keys: usize,
+    },
+    /// One connection holds a key; N waiters ask for it with a timeout:
+    /// lateness of each `t timeout` past its deadline; an early one fails.
+    /// (Not available with --redis.)
+    Timeouts {
+        /// Waiting connections.
+        #[arg(short = 'n', long, default_value_t = 2000)]
+        waiters: usize,
+        /// Timeout of each waiter's lock, in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        timeout_ms: u64,
+    },
+    /// Open N connections as fast as possible, then each locks its own key
+    /// and idles: failed connects, server RSS per connection (with --pid).
+    Connections {
+        /// Connections (the tool needs N + a few descriptors).
+        #[arg(short = 'n', long, default_value_t = 10_000)]
+        connections: usize,
+        /// Seconds to hold the connections before closing them.
+        #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+        hold: f64,
+        /// Close with FIN instead of a reset (a reset leaves no TIME_WAIT
+        /// behind, so repeated runs do not run out of ports).
+        #[arg(long)]
+        fin: bool,
+    },
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  dreadlock-bench --addr 127.0.0.1:6001 throughput -c 50 -p 32 --duration 5
+  dreadlock-bench --addr 127.0.0.1:6379 --redis throughput -c 50
+  dreadlock-bench contended -c 100 -k 1 --pid $(pidof dreadlock)
+  dreadlock-bench timeouts -n 2000 --timeout-ms 250
+  dreadlock-bench connections -n 19000 --pid $(pidof dreadlock) --json";
+
+/// Settings every scenario uses.
+pub struct Ctx {
+    pub addr: SocketAddr,
+    pub proto: Proto,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub grace: Duration,
+    pub pid: Option<u32>,
+    pub batch: usize,
+    pub connect_timeout: Duration,
+    /// Prefix of every key, unique per run (Redis keeps keys across runs).
+    pub key_prefix: String,
+    pub start: Instant,
+}
+
+impl Ctx {
+    /// Redis expiry for a lock: longer than any run, so it never expires
+    /// while the tool relies on it.
+    pub fn lease_ms(&self) -> u64 {
+        (self.warmup + self.duration + self.grace).as_millis() as u64 + 60_000
+    }
+}
+
+fn secs(x: f64, what: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(x).map_err(|_| format!("--{what} must be a non-negative number"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dreadlock-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let duration = secs(cli.duration, "duration")?;
+    let warmup = secs(cli.warmup, "warmup")?;
+    let grace = secs(cli.grace, "grace")?;
+    let extra = match &cli.scenario {
+        Scenario::Timeouts { timeout_ms, .. } => Duration::from_millis(*timeout_ms),
+        Scenario::Connections { hold, .. } => secs(*hold, "hold")?,
+        _ => Duration::ZERO,
+    };
+    // Every descriptor is a connection; the hard limit is what we may use.
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let needed = match &cli.scenario {
+        Scenario::Throughput { connections, .. } | Scenario::Contended { connections, .. } => {
+            *connections as u64
+        }
+        Scenario::Timeouts { waiters, .. } => *waiters as u64 + 1,
+        Scenario::Connections { connections, .. } => *connections as u64,
+    } + 16;
+    if needed > nofile {
+        return Err(format!(
+            "this run needs about {needed} descriptors but the open-file limit is {nofile} \
+             (raise the hard limit: ulimit -Hn)"
+        ));
+    }
+
+    // Watchdog: whatever happens, the process ends. The scenarios keep
+    // their own, tighter deadlines and report what was missing.
+    let connect_phase = cli.connect_timeout_ms.saturating_mul(4);
+    let limit = warmup
+        + duration
+        + extra
+        + grace * 3
+        + Duration::from_millis(connect_phase)
+        + Duration::from_secs(5);
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("dreadlock-bench: FAIL: hard stop after {limit:?}: the run did not finish");
+        std::process::exit(1);
+    });
+
+    let proto = if cli.redis {
+        Proto::Redis
+    } else {
+        Proto::Dreadlock
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let ctx = Ctx {
+        addr: cli.addr,
+        proto,
+        duration,
+        warmup,
+        grace,
+        pid: cli.pid,
+        batch: cli.batch,
+        connect_timeout: Duration::from_millis(cli.connect_timeout_ms),
+        key_prefix: format!("b{}x{}", std::process::id(), nanos % 1_000_000),
+        start: Instant::now(),
+    };
+    let (name, params, outcome) = match cli.scenario.clone() {
+        Scenario::Throughput {
+            connections,
+            pipeline,
+        } => {
+            if connections == 0 || pipeline == 0 {
+                return Err("-c and -p must be at least 1".into());
+            }
+            (
+                "throughput",
+                format!("{connections} connections x {pipeline} pipelined pairs"),
+                scenarios::throughput(&ctx, connections, pipeline)?,
+            )
+        }
+        Scenario::Contended { connections, keys } => {
+            if connections == 0 || keys == 0 {
+                return Err("-c and -k must be at least 1".into());
+            }
+            (
+                "contended",
+                format!("{connections} connections on {keys} keys"),
+                scenarios::contended(&ctx, connections, keys)?,
+            )
+        }
+        Scenario::Timeouts {
+            waiters,
+            timeout_ms,
+        } => (
+            "timeouts",
+            format!("{waiters} waiters, {timeout_ms} ms timeouts"),
+            scenarios::timeouts(&ctx, waiters, timeout_ms)?,
+        ),
+        Scenario::Connections {
+            connections,
+            hold,
+            fin,
+        } => (
+            "connections",
+            format!("{connections} connections, hold {hold} s"),
+            scenarios::connections(&ctx, connections, secs(hold, "hold")?, !fin)?,
+        ),
+    };
+
+    let ok = outcome.failures.is_empty();
+    if cli.json {
+        let mut fields = vec![
+            ("scenario".to_string(), Val::S(name.into())),
+            ("server".to_string(), Val::S(proto.name().into())),
+            ("addr".to_string(), Val::S(cli.addr.to_string())),
+            ("params".to_string(), Val::S(params.clone())),
+            ("ok".to_string(), Val::B(ok)),
+            (
+                "failures".to_string(),
+                Val::Arr(outcome.failures.iter().map(|f| Val::S(f.clone())).collect()),
+            ),
+        ];
+        fields.extend(outcome.fields.iter().cloned());
+        println!("{}", Val::Obj(fields).to_json());
+    } else {
+        println!(
+            "dreadlock-bench {name}: {} at {}, {params}",
+            proto.name(),
+            cli.addr
+        );
+        for l in &outcome.human {
+            println!("{l}");
+        }
+        println!("  {:<15}{}", "result", if ok { "OK" } else { "FAILED" });
+    }
+    for f in &outcome.failures {
+        eprintln!("dreadlock-bench: FAIL: {f}");
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
