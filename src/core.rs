@@ -192,6 +192,9 @@ impl Core {
     /// Bytes received from `conn`. Unknown connections are ignored.
     pub fn handle_bytes(&mut self, conn: ConnId, bytes: &[u8], now_us: u64) {
         self.expire(now_us);
+        // If `conn`'s wait just timed out, the bytes it sent while waiting
+        // run before these (in-order processing, PROTOCOL.md rule 4).
+        self.drain_resume(now_us);
         let Some(Some(st)) = self.conns.get_mut(conn.0) else {
             return;
         };
@@ -618,6 +621,39 @@ mod tests {
         assert_eq!(f.core.poll_timeout(), None);
         f.send(0, "unlock a\r\n");
         assert_eq!(f.out(), vec![r(1, "l locked\r\n"), r(0, "u unlocked\r\n")]);
+    }
+
+    /// Regression (found by the `core` fuzzer; seed
+    /// `fuzz/corpus/core/regress-input-after-missed-timeout-runs-in-order`):
+    /// when a waiter's deadline passed but no `handle_timeout` ran yet and
+    /// its next bytes arrive first, the bytes it sent while waiting must run
+    /// before the new ones. They used to run after them, so "unl" + "ock b"
+    /// split across the wait was misparsed and the client dropped.
+    #[test]
+    fn input_after_a_missed_tick_runs_after_the_buffered_commands() {
+        let mut f = Fixture::new(2);
+        f.send(0, "lock a 0\r\nlock b 0\r\n");
+        f.send(1, "lock a 5\r\nlock b 100\r\nunl");
+        f.now_us = 10_000; // past the 5 ms deadline; no handle_timeout yet
+        f.send(1, "ock b\r\n");
+        assert_eq!(
+            f.out(),
+            vec![
+                r(0, "l locked\r\n"),
+                r(0, "l locked\r\n"),
+                r(1, "t timeout\r\n"),
+            ]
+        );
+        assert!(f.core.is_waiting(ConnId(1)));
+        f.send(0, "unlock b\r\n");
+        assert_eq!(
+            f.out(),
+            vec![
+                r(1, "l locked\r\n"),
+                r(0, "u unlocked\r\n"),
+                r(1, "u unlocked\r\n"),
+            ]
+        );
     }
 
     #[test]
