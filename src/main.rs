@@ -54,6 +54,12 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = reactor::DEFAULT_BACKLOG)]
     backlog: u32,
 
+    /// Seconds a connection may be idle before TCP keepalive probes start;
+    /// a peer that stops answering them (host down, cable cut: no FIN or RST)
+    /// is dropped and its locks released about 30 s later. 0 turns it off.
+    #[arg(long, value_name = "SECS", default_value_t = reactor::DEFAULT_KEEPALIVE.as_secs())]
+    keepalive: u64,
+
     /// Log every connection and disconnection too.
     #[arg(short, long, conflicts_with = "quiet")]
     verbose: bool,
@@ -122,6 +128,7 @@ fn main() -> ExitCode {
         max_output_bytes: args.max_output_bytes,
         max_connections,
         backlog: args.backlog,
+        keepalive: (args.keepalive > 0).then(|| std::time::Duration::from_secs(args.keepalive)),
     };
     let addr = SocketAddr::new(args.bind, args.port);
     let reactor = match Reactor::bind(addr, config, log, true) {

@@ -59,6 +59,14 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// kernel clamps it to `net.core.somaxconn`.
 pub const DEFAULT_BACKLOG: u32 = 65_535;
 
+/// Default idle time before keepalive probes: a client whose host vanished
+/// without a FIN or RST loses its locks after about 90 s, not never.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Keepalive probes are sent this often, this many times, before the peer is
+/// declared dead.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_PROBES: u32 = 3;
+
 /// How soon to retry `accept` after running out of descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -77,6 +85,10 @@ pub struct Config {
     /// Open connections at most.
     pub max_connections: usize,
     pub backlog: u32,
+    /// Idle time before TCP keepalive probes start (`None`: off). A peer
+    /// whose host died or was cut off is then dropped, and its locks freed,
+    /// after `keepalive + KEEPALIVE_PROBES * KEEPALIVE_INTERVAL`.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for Config {
@@ -86,6 +98,7 @@ impl Default for Config {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             max_connections: usize::MAX,
             backlog: DEFAULT_BACKLOG,
+            keepalive: Some(DEFAULT_KEEPALIVE),
         }
     }
 }
@@ -168,7 +181,7 @@ impl Reactor {
     /// Binds `addr` and prepares the loop. `signals`: whether SIGINT/SIGTERM
     /// stop the loop (the daemon) or are left alone (tests).
     pub fn bind(addr: SocketAddr, config: Config, log: Log, signals: bool) -> io::Result<Self> {
-        let listener = listen(addr, config.backlog)?;
+        let listener = listen(addr, config.backlog, config.keepalive)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(listener);
@@ -357,7 +370,8 @@ impl Reactor {
     }
 
     fn add(&mut self, mut stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY and keepalive are inherited from the listener (Linux
+        // copies socket options to accepted sockets): no syscalls here.
         let entry = self.conns.vacant_entry();
         let c = entry.key();
         if let Err(e) = self
@@ -571,11 +585,25 @@ impl Reactor {
     }
 }
 
-/// A listening socket with `SO_REUSEADDR` and the given backlog.
-fn listen(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
+/// A listening socket with `SO_REUSEADDR`, the given backlog, and the
+/// options every accepted connection inherits: `TCP_NODELAY` (replies are
+/// small and latency-bound) and keepalive.
+fn listen(
+    addr: SocketAddr,
+    backlog: u32,
+    keepalive: Option<Duration>,
+) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, TcpKeepalive, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    if let Some(idle) = keepalive {
+        let ka = TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES);
+        socket.set_tcp_keepalive(&ka)?;
+    }
     if addr.is_ipv6() {
         // "::" serves IPv4 too, as a single listener should.
         let _ = socket.set_only_v6(false);

@@ -396,6 +396,7 @@ fn help_explains_every_flag() {
         "--max-pending-bytes",
         "--max-output-bytes",
         "--backlog",
+        "--keepalive",
         "--verbose",
         "--quiet",
         "--version",
@@ -415,4 +416,32 @@ fn port_in_use_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen on 127.0.0.1:"), "{err}");
+}
+
+/// The `tr` (timer) field of the daemon's end of `client`'s connection in
+/// /proc/net/tcp: 2 means a keepalive timer is pending.
+fn daemon_side_timer(d: &Daemon, client: &Client) -> u32 {
+    let local = client.stream.local_addr().unwrap();
+    let want_local = format!("0100007F:{:04X}", d.addr.port());
+    let want_remote = format!("0100007F:{:04X}", local.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f[1] == want_local && f[2] == want_remote {
+            return u32::from_str_radix(f[5].split(':').next().unwrap(), 16).unwrap();
+        }
+    }
+    panic!("daemon side of {local} not in /proc/net/tcp");
+}
+
+#[test]
+fn accepted_connections_use_keepalive() {
+    let d = Daemon::start();
+    let mut c = d.connect();
+    c.call("lock ka 0\r\n", "l locked\r\n");
+    assert_eq!(daemon_side_timer(&d, &c), 2, "no keepalive timer");
+    let d = Daemon::start_with(&["--keepalive", "0"]);
+    let mut c = d.connect();
+    c.call("lock ka 0\r\n", "l locked\r\n");
+    assert_eq!(daemon_side_timer(&d, &c), 0, "keepalive not off");
 }
