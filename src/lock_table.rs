@@ -161,7 +161,7 @@ impl<S: BuildHasher> LockTable<S> {
     /// `conn` asks for `key`. The connection must be open and not waiting.
     pub fn lock(&mut self, conn: ConnId, key: &[u8]) -> LockOutcome {
         debug_assert!(self.conns[conn.0].open && self.conns[conn.0].waiting.is_none());
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hash(key);
         let entries = &self.entries;
         if let Some(&e) = self.index.find(hash, |&i| entries[i as usize].key == key) {
             let entry = &self.entries[e as usize];
@@ -238,8 +238,21 @@ impl<S: BuildHasher> LockTable<S> {
         }
     }
 
+    /// SipHash-1-3 with a per-process random key (std's `RandomState`):
+    /// keys are chosen by clients, so the hash must resist flooding by
+    /// precomputed collisions, which faster unkeyed or weakly keyed hashes
+    /// do not promise for a long-running daemon. One `write` of the bytes,
+    /// without the length prefix `Hash for [u8]` adds: the key is the only
+    /// thing hashed, so prefix-freedom buys nothing.
+    fn hash(&self, key: &[u8]) -> u64 {
+        use std::hash::Hasher;
+        let mut h = self.hasher.build_hasher();
+        h.write(key);
+        h.finish()
+    }
+
     fn find(&self, key: &[u8]) -> Option<u32> {
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hash(key);
         self.index
             .find(hash, |&i| self.entries[i as usize].key == key)
             .copied()
