@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 
-use crate::lock_table::{ConnId, LockOutcome, LockTable, UnlockOutcome};
+use crate::lock_table::{ConnId, Limits, LockOutcome, LockTable, UnlockOutcome};
 use crate::parser::{self, Command, ParseError, Parser, Step};
 use crate::timer::{self, TimerId, TimerWheel};
 
@@ -33,6 +33,15 @@ use crate::timer::{self, TimerId, TimerWheel};
 /// client queues behind a blocking call; past it the reactor stops reading
 /// that socket (TCP backpressure) instead of growing the buffer.
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024;
+
+/// Default bound on keys one connection may hold. Far beyond what a
+/// process needs in its critical sections; it stops one client from growing
+/// the table without end.
+pub const DEFAULT_MAX_LOCKS_PER_CONNECTION: usize = 1024;
+
+/// Default bound on the bytes of all held keys (each counted with
+/// `lock_table::KEY_OVERHEAD_BYTES`): 256 MiB, about 2.6 million short keys.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 256 << 20;
 
 /// Timeouts of at least this many milliseconds (about 2.1 years) never fire:
 /// they mean "wait until granted or disconnected" (PROTOCOL.md, rule 7).
@@ -45,6 +54,11 @@ pub struct Config {
     pub max_line_bytes: usize,
     /// Bytes buffered from a waiting connection before reads pause.
     pub max_pending_bytes: usize,
+    /// Keys one connection may hold; a `lock` past it gets `e too many locks`.
+    pub max_locks_per_connection: usize,
+    /// Bytes of all held keys; a `lock` on a free key past it gets
+    /// `e lock table full`.
+    pub max_key_bytes: usize,
 }
 
 impl Default for Config {
@@ -52,6 +66,8 @@ impl Default for Config {
         Config {
             max_line_bytes: parser::DEFAULT_MAX_LINE_BYTES,
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            max_locks_per_connection: DEFAULT_MAX_LOCKS_PER_CONNECTION,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
         }
     }
 }
@@ -65,6 +81,10 @@ pub enum Reply {
     AlreadyLocked,
     NotLocked,
     NotOwner,
+    /// The connection holds `max_locks_per_connection` keys already.
+    TooManyLocks,
+    /// The held keys' bytes are at `max_key_bytes`.
+    TableFull,
 }
 
 impl Reply {
@@ -77,6 +97,8 @@ impl Reply {
             Reply::AlreadyLocked => b"e already locked\r\n",
             Reply::NotLocked => b"e not locked\r\n",
             Reply::NotOwner => b"e not owner\r\n",
+            Reply::TooManyLocks => b"e too many locks\r\n",
+            Reply::TableFull => b"e lock table full\r\n",
         }
     }
 }
@@ -135,9 +157,14 @@ pub struct Core {
 
 impl Core {
     pub fn new(config: Config, now_us: u64) -> Self {
+        let mut table = LockTable::new();
+        table.set_limits(Limits {
+            max_held_per_conn: config.max_locks_per_connection,
+            max_key_bytes: config.max_key_bytes,
+        });
         Core {
             config,
-            table: LockTable::new(),
+            table,
             timers: TimerWheel::new(now_us / 1000),
             conns: Vec::new(),
             open: 0,
@@ -282,6 +309,8 @@ impl Core {
                         Command::Lock { timeout_ms } => match self.table.lock(conn, key) {
                             LockOutcome::Granted => Reply::Locked,
                             LockOutcome::AlreadyHeld => Reply::AlreadyLocked,
+                            LockOutcome::TooManyLocks => Reply::TooManyLocks,
+                            LockOutcome::TableFull => Reply::TableFull,
                             LockOutcome::Queued if timeout_ms == 0 => {
                                 // A try-lock: its deadline is now.
                                 self.table.withdraw(conn);
@@ -320,9 +349,11 @@ impl Core {
             Reply::Locked => self.stats.granted += 1,
             Reply::Timeout => self.stats.timeouts += 1,
             Reply::Unlocked => self.stats.unlocked += 1,
-            Reply::AlreadyLocked | Reply::NotLocked | Reply::NotOwner => {
-                self.stats.errors_replied += 1
-            }
+            Reply::AlreadyLocked
+            | Reply::NotLocked
+            | Reply::NotOwner
+            | Reply::TooManyLocks
+            | Reply::TableFull => self.stats.errors_replied += 1,
         }
     }
 
@@ -652,6 +683,42 @@ mod tests {
                 r(1, "l locked\r\n"),
                 r(0, "u unlocked\r\n"),
                 r(1, "u unlocked\r\n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn lock_limits_answer_with_errors_and_change_nothing() {
+        let mut core = Core::new(
+            Config {
+                max_locks_per_connection: 2,
+                max_key_bytes: 3 * (crate::lock_table::KEY_OVERHEAD_BYTES + 1),
+                ..Config::default()
+            },
+            0,
+        );
+        core.handle_open(ConnId(0));
+        core.handle_open(ConnId(1));
+        let mut f = Fixture { core, now_us: 0 };
+        f.send(0, "lock a 0\r\nlock b 0\r\nlock c 0\r\n");
+        f.send(1, "lock c 0\r\nlock d 0\r\nlock a 5\r\n");
+        assert_eq!(
+            f.out(),
+            vec![
+                r(0, "l locked\r\n"),
+                r(0, "l locked\r\n"),
+                r(0, "e too many locks\r\n"),
+                r(1, "l locked\r\n"),
+                r(1, "e lock table full\r\n"),
+            ]
+        );
+        f.send(0, "unlock b\r\nunlock a\r\n");
+        assert_eq!(
+            f.out(),
+            vec![
+                r(0, "u unlocked\r\n"),
+                r(1, "l locked\r\n"),
+                r(0, "u unlocked\r\n"),
             ]
         );
     }

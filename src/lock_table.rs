@@ -44,6 +44,33 @@ pub enum LockOutcome {
     Queued,
     /// The connection already holds the key; nothing changed.
     AlreadyHeld,
+    /// Refused, nothing changed: the connection holds `max_held_per_conn`
+    /// keys already.
+    TooManyLocks,
+    /// Refused, nothing changed: the key is free, but holding it would put
+    /// the table past `max_key_bytes`.
+    TableFull,
+}
+
+/// Bounds on what clients can make the table hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Keys one connection may hold at once.
+    pub max_held_per_conn: usize,
+    /// Bytes of all held keys together, each key counted as its length plus
+    /// `KEY_OVERHEAD_BYTES` (its entry and index slot).
+    pub max_key_bytes: usize,
+}
+
+/// What a held key costs beyond its bytes, for `Limits::max_key_bytes`.
+pub const KEY_OVERHEAD_BYTES: usize = 64;
+
+impl Limits {
+    /// No bounds (tests and models).
+    pub const UNLIMITED: Limits = Limits {
+        max_held_per_conn: usize::MAX,
+        max_key_bytes: usize::MAX,
+    };
 }
 
 /// What `unlock` did.
@@ -92,6 +119,10 @@ pub struct LockTable<S = std::hash::RandomState> {
     free: Vec<u32>,
     conns: Vec<ConnLocks>,
     waiting_count: usize,
+    limits: Limits,
+    /// Sum over held keys of `len + KEY_OVERHEAD_BYTES`.
+    /// INVARIANT: at most `limits.max_key_bytes`.
+    key_bytes: usize,
 }
 
 impl Default for LockTable {
@@ -116,7 +147,19 @@ impl<S: BuildHasher> LockTable<S> {
             free: Vec::new(),
             conns: Vec::new(),
             waiting_count: 0,
+            limits: Limits::UNLIMITED,
+            key_bytes: 0,
         }
+    }
+
+    /// Sets the bounds checked by later `lock` calls.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Bytes held keys account for (see `Limits::max_key_bytes`).
+    pub fn key_bytes(&self) -> usize {
+        self.key_bytes
     }
 
     /// Registers a connection. Its id must not be open already.
@@ -168,9 +211,20 @@ impl<S: BuildHasher> LockTable<S> {
             if entry.holder == conn {
                 return LockOutcome::AlreadyHeld;
             }
+            if self.conns[conn.0].held.len() >= self.limits.max_held_per_conn {
+                return LockOutcome::TooManyLocks;
+            }
             self.enqueue(e, conn);
             return LockOutcome::Queued;
         }
+        if self.conns[conn.0].held.len() >= self.limits.max_held_per_conn {
+            return LockOutcome::TooManyLocks;
+        }
+        let cost = key.len() + KEY_OVERHEAD_BYTES;
+        if cost > self.limits.max_key_bytes.saturating_sub(self.key_bytes) {
+            return LockOutcome::TableFull;
+        }
+        self.key_bytes += cost;
         let e = self.alloc_entry(key, hash);
         let entries = &self.entries;
         self.index
@@ -339,6 +393,7 @@ impl<S: BuildHasher> LockTable<S> {
 
     fn free_entry(&mut self, e: u32) {
         let entry = &mut self.entries[e as usize];
+        self.key_bytes -= entry.key.len() + KEY_OVERHEAD_BYTES;
         let hash = entry.hash;
         entry.live = false;
         if entry.key.capacity() > KEEP_KEY_CAPACITY {
@@ -357,7 +412,11 @@ impl<S: BuildHasher> LockTable<S> {
     /// violation. Used by tests, fuzzers and debug builds of the core.
     pub fn check_invariants(&self) {
         let mut live = 0;
+        let mut key_bytes = 0;
         for (i, entry) in self.entries.iter().enumerate() {
+            if entry.live {
+                key_bytes += entry.key.len() + KEY_OVERHEAD_BYTES;
+            }
             if !entry.live {
                 assert!(entry.key.is_empty(), "free entry {i} keeps its key");
                 continue;
@@ -393,6 +452,11 @@ impl<S: BuildHasher> LockTable<S> {
             assert_eq!(entry.tail, prev, "entry {i} tail wrong");
         }
         assert_eq!(live, self.index.len(), "index and live entries disagree");
+        assert_eq!(key_bytes, self.key_bytes, "key byte count wrong");
+        assert!(
+            self.key_bytes <= self.limits.max_key_bytes,
+            "over the key byte limit"
+        );
         assert_eq!(
             live + self.free.len(),
             self.entries.len(),
@@ -471,6 +535,35 @@ mod tests {
         assert_eq!(t.unlock(ConnId(1), b"key"), UnlockOutcome::NotLocked);
         assert_eq!(t.lock(ConnId(1), b"key"), LockOutcome::Granted);
         assert_eq!(t.holder(b"Key"), Some(ConnId(0)));
+        t.check_invariants();
+    }
+
+    #[test]
+    fn limits_refuse_without_changing_state() {
+        let mut t = table(3);
+        t.set_limits(Limits {
+            max_held_per_conn: 2,
+            max_key_bytes: 3 * (KEY_OVERHEAD_BYTES + 1),
+        });
+        assert_eq!(t.lock(ConnId(0), b"a"), LockOutcome::Granted);
+        assert_eq!(t.lock(ConnId(0), b"b"), LockOutcome::Granted);
+        assert_eq!(t.lock(ConnId(0), b"c"), LockOutcome::TooManyLocks);
+        assert_eq!(t.lock(ConnId(1), b"c"), LockOutcome::Granted);
+        // Waiting for a held key counts too: it would be a third lock.
+        assert_eq!(t.lock(ConnId(0), b"c"), LockOutcome::TooManyLocks);
+        assert!(!t.is_waiting(ConnId(0)));
+        // The table holds 3 one-byte keys: a fourth key does not fit.
+        assert_eq!(t.lock(ConnId(2), b"d"), LockOutcome::TableFull);
+        assert_eq!(t.holder(b"d"), None);
+        // Queueing on a held key costs nothing.
+        assert_eq!(t.lock(ConnId(2), b"a"), LockOutcome::Queued);
+        t.check_invariants();
+        assert_eq!(
+            t.unlock(ConnId(0), b"b"),
+            UnlockOutcome::Unlocked { granted: None }
+        );
+        assert_eq!(t.key_bytes(), 2 * (KEY_OVERHEAD_BYTES + 1));
+        assert_eq!(t.lock(ConnId(1), b"d"), LockOutcome::Granted);
         t.check_invariants();
     }
 

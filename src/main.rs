@@ -45,6 +45,17 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = core::DEFAULT_MAX_PENDING_BYTES)]
     max_pending_bytes: usize,
 
+    /// Keys one connection may hold at once; a `lock` beyond it is answered
+    /// `e too many locks` and changes nothing.
+    #[arg(long, value_name = "N", default_value_t = core::DEFAULT_MAX_LOCKS_PER_CONNECTION)]
+    max_locks_per_connection: usize,
+
+    /// Bytes all held keys may take together (each key counts its length
+    /// plus 64); a `lock` on a free key beyond it is answered
+    /// `e lock table full` and changes nothing.
+    #[arg(long, value_name = "BYTES", default_value_t = core::DEFAULT_MAX_KEY_BYTES)]
+    max_key_bytes: usize,
+
     /// Replies queued for a client that does not read them. Past this the
     /// daemon stops reading that client's commands until it drains.
     #[arg(long, value_name = "BYTES", default_value_t = reactor::DEFAULT_MAX_OUTPUT_BYTES)]
@@ -74,6 +85,8 @@ Limits (each bounds something a client controls):
   line length      --max-line-bytes (default 10000, the original's buffer)
   waiting input    --max-pending-bytes per connection (default 65536)
   unread replies   --max-output-bytes per connection (default 65536)
+  locks held       --max-locks-per-connection (default 1024): then `e too many locks`
+  all keys         --max-key-bytes (default 268435456): then `e lock table full`
   connections      --max-connections (default: the open-file limit)
   timeouts         any digit string (saturating); 67645734910 ms (~2.1 years)
                    or more waits until granted or disconnected
@@ -124,6 +137,8 @@ fn main() -> ExitCode {
         core: core::Config {
             max_line_bytes: args.max_line_bytes,
             max_pending_bytes: args.max_pending_bytes,
+            max_locks_per_connection: args.max_locks_per_connection,
+            max_key_bytes: args.max_key_bytes,
         },
         max_output_bytes: args.max_output_bytes,
         max_connections,

@@ -396,6 +396,8 @@ fn help_explains_every_flag() {
         "--max-pending-bytes",
         "--max-output-bytes",
         "--backlog",
+        "--max-locks-per-connection",
+        "--max-key-bytes",
         "--keepalive",
         "--verbose",
         "--quiet",
@@ -444,4 +446,21 @@ fn accepted_connections_use_keepalive() {
     let mut c = d.connect();
     c.call("lock ka 0\r\n", "l locked\r\n");
     assert_eq!(daemon_side_timer(&d, &c), 0, "keepalive not off");
+}
+
+#[test]
+fn lock_count_and_key_bytes_are_bounded() {
+    let d = Daemon::start_with(&["--max-locks-per-connection", "2", "--max-key-bytes", "200"]);
+    let mut a = d.connect();
+    a.call("lock a 0\r\nlock b 0\r\n", "l locked\r\nl locked\r\n");
+    a.call("lock c 0\r\n", "e too many locks\r\n");
+    // Nothing changed: c is free for another connection, and one unlock
+    // makes room again.
+    let mut b = d.connect();
+    b.call("lock c 0\r\n", "l locked\r\n");
+    // Three one-byte keys take 3 * 65 bytes: a fourth does not fit in 200.
+    b.call("lock d 0\r\n", "e lock table full\r\n");
+    a.call("unlock b\r\n", "u unlocked\r\n");
+    b.call("lock d 0\r\n", "l locked\r\n");
+    a.call("lock e 0\r\n", "e lock table full\r\n");
 }
