@@ -10,12 +10,14 @@
 //! src/reactor.rs     single-threaded mio loop, slab of connections, buffers
 //! src/log.rs         stderr logging with a rate limit on client-caused warnings
 //! src/main.rs        CLI, descriptor limit, signals; runs the reactor
+//! src/model.rs       reference models + checks shared by fuzz targets and tests
 //! src/client.rs      blocking client library: lock guards, rendezvous hashing
 //! ```
 pub mod client;
 pub mod core;
 pub mod lock_table;
 pub mod log;
+pub mod model;
 pub mod parser;
 pub mod reactor;
 pub mod timer;
