@@ -123,6 +123,12 @@ enum Scenario {
         /// Timeout of each waiter's lock, in milliseconds.
         #[arg(long, default_value_t = 250)]
         timeout_ms: u64,
+        /// Write the waiters' requests evenly over this many milliseconds
+        /// instead of all at once (0: as fast as possible). A burst measures
+        /// how the server copes with N requests and N timeouts at once; a
+        /// spread measures timer precision.
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        spread_ms: u64,
     },
     /// Open N connections as fast as possible, then each locks its own key
     /// and idles: failed connects, server RSS per connection (with --pid).
@@ -191,7 +197,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let warmup = secs(cli.warmup, "warmup")?;
     let grace = secs(cli.grace, "grace")?;
     let extra = match &cli.scenario {
-        Scenario::Timeouts { timeout_ms, .. } => Duration::from_millis(*timeout_ms),
+        Scenario::Timeouts {
+            timeout_ms,
+            spread_ms,
+            ..
+        } => Duration::from_millis(*timeout_ms + *spread_ms),
         Scenario::Connections { hold, .. } => secs(*hold, "hold")?,
         _ => Duration::ZERO,
     };
@@ -273,10 +283,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Scenario::Timeouts {
             waiters,
             timeout_ms,
+            spread_ms,
         } => (
             "timeouts",
-            format!("{waiters} waiters, {timeout_ms} ms timeouts"),
-            scenarios::timeouts(&ctx, waiters, timeout_ms)?,
+            format!(
+                "{waiters} waiters, {timeout_ms} ms timeouts, requests spread over {spread_ms} ms"
+            ),
+            scenarios::timeouts(&ctx, waiters, timeout_ms, Duration::from_millis(spread_ms))?,
         ),
         Scenario::Connections {
             connections,

@@ -518,7 +518,7 @@ pub fn contended(ctx: &Ctx, c: usize, k: usize) -> Result<Outcome, String> {
 // ---------------------------------------------------------------------------
 
 /// One connection holds a key; `n` waiters ask for it with `timeout_ms`.
-pub fn timeouts(ctx: &Ctx, n: usize, timeout_ms: u64) -> Result<Outcome, String> {
+pub fn timeouts(ctx: &Ctx, n: usize, timeout_ms: u64, spread: Duration) -> Result<Outcome, String> {
     let mut out = Outcome::default();
     let proto = ctx.proto;
     if proto == Proto::Redis {
@@ -611,30 +611,54 @@ pub fn timeouts(ctx: &Ctx, n: usize, timeout_ms: u64) -> Result<Outcome, String>
     }
     let meter = start_cpu(ctx);
     let timeout = Duration::from_millis(timeout_ms);
-    // When each request was fully written: lateness is measured from there,
+    // When each request's write began: lateness is measured from there,
     // which can only make it look larger, so a reply before `sent + timeout`
     // is early for certain.
     let mut sent: Vec<Option<Instant>> = vec![None; n];
     let mut answered = vec![false; n];
     buf.clear();
     proto.lock(&mut buf, &key, timeout_ms, ctx.lease_ms());
+    // Requests go out as fast as possible, or paced evenly over `spread`;
+    // replies are handled meanwhile, so none is timestamped late.
     let first_sent = Instant::now();
-    for (i, w) in waiters.iter_mut().enumerate() {
-        if w.send(poll.registry(), &buf)? {
-            sent[i] = Some(Instant::now());
-        }
-    }
-    let deadline = Instant::now() + timeout + ctx.grace;
+    let mut next = 0usize;
+    let mut last_sent = first_sent;
+    let mut deadline = first_sent + spread + timeout + ctx.grace;
     let mut got = 0usize;
     let mut early = 0usize;
     let mut earliest_ns = 0u64;
     let mut lateness = Histogram::new();
+    let mut first_reply = None;
+    let mut last_reply = first_sent;
     while got < n {
-        let now = Instant::now();
+        let mut now = Instant::now();
+        while next < n {
+            let due = first_sent + spread.mul_f64(next as f64 / n as f64);
+            if due > now {
+                break;
+            }
+            // Timestamped before the write: loopback delivers the bytes
+            // (and may run the server) inside `write`, so only a time taken
+            // before it is sure to precede the server's receipt. Lateness is
+            // then never understated, and an early reply is a real failure.
+            sent[next] = Some(Instant::now());
+            waiters[next].send(poll.registry(), &buf)?;
+            now = Instant::now();
+            last_sent = now;
+            next += 1;
+        }
+        if next == n {
+            deadline = deadline.min(last_sent + timeout + ctx.grace);
+        }
         if now >= deadline {
             break;
         }
-        poll_once(&mut poll, &mut events, deadline - now)?;
+        let mut wait = deadline - now;
+        if next < n {
+            let due = first_sent + spread.mul_f64(next as f64 / n as f64);
+            wait = wait.min(due.saturating_duration_since(now));
+        }
+        poll_once(&mut poll, &mut events, wait)?;
         for ev in events.iter() {
             let i = ev.token().0;
             replies.clear();
@@ -650,8 +674,8 @@ pub fn timeouts(ctx: &Ctx, n: usize, timeout_ms: u64) -> Result<Outcome, String>
                 continue;
             }
             let w = &mut waiters[i];
-            if ev.is_writable() && w.flush(poll.registry())? && sent[i].is_none() {
-                sent[i] = Some(Instant::now());
+            if ev.is_writable() {
+                w.flush(poll.registry())?;
             }
             if !(ev.is_readable() || ev.is_read_closed() || ev.is_error()) {
                 continue;
@@ -682,13 +706,15 @@ pub fn timeouts(ctx: &Ctx, n: usize, timeout_ms: u64) -> Result<Outcome, String>
                 };
                 answered[i] = true;
                 got += 1;
+                first_reply.get_or_insert(t);
+                last_reply = t;
                 let due = s + timeout;
                 if t < due {
                     early += 1;
                     earliest_ns = earliest_ns.max(due.duration_since(t).as_nanos() as u64);
                     if early <= 3 {
                         out.fail(format!(
-                            "waiter {i}: {} arrived {} after its request was fully written \
+                            "waiter {i}: {} arrived {} after its request was written \
                              ({} after the first waiter's), before its {timeout_ms} ms timeout",
                             proto.show(r),
                             human_ns(t.duration_since(s).as_nanos() as u64),
@@ -705,11 +731,21 @@ pub fn timeouts(ctx: &Ctx, n: usize, timeout_ms: u64) -> Result<Outcome, String>
     out.line(
         "lateness",
         format!(
-            "{} (reply - (request written + {timeout_ms} ms))",
+            "{} (reply - (write started + {timeout_ms} ms))",
             human_latency(&lateness)
         ),
     );
     out.line("early", format!("{early} of {n}"));
+    let send_ms = last_sent.duration_since(first_sent).as_secs_f64() * 1e3;
+    let reply_ms = first_reply.map_or(0.0, |f: Instant| {
+        last_reply.duration_since(f).as_secs_f64() * 1e3
+    });
+    out.line(
+        "spread",
+        format!("requests written over {send_ms:.1} ms, replies arrived over {reply_ms:.1} ms"),
+    );
+    out.field("send_spread_ms", Val::F(send_ms));
+    out.field("reply_spread_ms", Val::F(reply_ms));
     out.field("waiters", Val::U(n as u64));
     out.field("timeout_ms", Val::U(timeout_ms));
     out.field("answered", Val::U(got as u64));
