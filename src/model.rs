@@ -39,7 +39,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::core::{Config, Core, INFINITE_TIMEOUT_MS, Output, Reply};
-use crate::lock_table::ConnId;
+use crate::lock_table::{ConnId, KEY_OVERHEAD_BYTES};
 use crate::parser::{
     Command, DEFAULT_MAX_LINE_BYTES, MIN_MAX_LINE_BYTES, ParseError, Parser, RETAINED_KEY_CAPACITY,
     Step,
@@ -751,6 +751,7 @@ pub struct HarnessStats {
     pub granted: u64,
     pub granted_after_wait: u64,
     pub timeouts: u64,
+    pub unlocked: u64,
     pub try_lock_timeouts: u64,
     pub errors_replied: u64,
     pub syntax_errors: u64,
@@ -818,6 +819,13 @@ impl CoreHarness {
 
     pub fn is_waiting(&self, conn: usize) -> bool {
         self.conns.get(conn).is_some_and(|c| c.wait.is_some())
+    }
+
+    /// The connections whose `lock` is waiting.
+    pub fn waiting(&self) -> Vec<usize> {
+        (0..self.conns.len())
+            .filter(|&c| self.is_waiting(c))
+            .collect()
     }
 
     pub fn open_count(&self) -> usize {
@@ -1040,7 +1048,7 @@ impl CoreHarness {
             match r {
                 Reply::Locked => self.stats.granted += 1,
                 Reply::Timeout => self.stats.timeouts += 1,
-                Reply::Unlocked => {}
+                Reply::Unlocked => self.stats.unlocked += 1,
                 // Every `e ...` reply.
                 _ => self.stats.errors_replied += 1,
             }
@@ -1121,12 +1129,22 @@ impl CoreHarness {
     }
 
     fn model_lock(&mut self, conn: ConnId, key: Vec<u8>, timeout_ms: u64) {
+        // The table's limits: keys held per connection, bytes of held keys.
+        let held = self.keys.values().filter(|q| q[0] == conn).count();
+        let too_many = held >= self.config.max_locks_per_connection;
         let reply = match self.keys.get_mut(&key) {
+            None if too_many => Reply::TooManyLocks,
             None => {
-                self.keys.insert(key, VecDeque::from([conn]));
-                Reply::Locked
+                let used: usize = self.keys.keys().map(|k| k.len() + KEY_OVERHEAD_BYTES).sum();
+                if used + key.len() + KEY_OVERHEAD_BYTES > self.config.max_key_bytes {
+                    Reply::TableFull
+                } else {
+                    self.keys.insert(key, VecDeque::from([conn]));
+                    Reply::Locked
+                }
             }
             Some(q) if q[0] == conn => Reply::AlreadyLocked,
+            Some(_) if too_many => Reply::TooManyLocks,
             Some(_) if timeout_ms == 0 => {
                 self.stats.try_lock_timeouts += 1;
                 Reply::Timeout
@@ -1251,18 +1269,47 @@ impl CoreHarness {
             (Some(t), Some(d)) => assert!(t <= d, "poll_timeout {t} after deadline {d}; {ctx}"),
             (t, d) => panic!("poll_timeout {t:?}, earliest deadline {d:?}; {ctx}"),
         }
+        // The core's counters agree with what was replied.
+        let st = self.core.stats();
+        let m = &self.stats;
+        assert_eq!(
+            (st.commands, st.granted, st.timeouts, st.unlocked),
+            (m.commands, m.granted, m.timeouts, m.unlocked),
+            "stats (commands, granted, timeouts, unlocked); {ctx}"
+        );
+        assert_eq!(
+            (st.errors_replied, st.syntax_errors, st.disconnects),
+            (m.errors_replied, m.syntax_errors, m.disconnects),
+            "stats (errors replied, syntax errors, disconnects); {ctx}"
+        );
         self.core.check_invariants();
     }
 }
 
-/// The core configurations a fuzz input's first byte selects from.
+/// The core configurations a fuzz input's first byte selects from: line
+/// and pending-input limits, and (from 25 up) small lock-table limits.
 fn core_config(b: u8) -> Config {
     const LINES: [usize; 5] = [16, 20, 32, 64, DEFAULT_MAX_LINE_BYTES];
     const PENDING: [usize; 5] = [1, 12, 40, 200, 64 * 1024];
+    // Room for n one-byte keys.
+    let keys = |n: usize| n * (1 + KEY_OVERHEAD_BYTES);
+    let (max_locks_per_connection, max_key_bytes) = match b / 25 {
+        1 => (1, usize::MAX),
+        2 => (2, usize::MAX),
+        3 => (usize::MAX, keys(2)),
+        4 => (usize::MAX, keys(3) + 8),
+        5 => (2, keys(4)),
+        6 => (0, usize::MAX),
+        _ => {
+            let d = Config::default();
+            (d.max_locks_per_connection, d.max_key_bytes)
+        }
+    };
     Config {
         max_line_bytes: LINES[usize::from(b % 5)],
         max_pending_bytes: PENDING[usize::from(b / 5 % 5)],
-        ..Config::default()
+        max_locks_per_connection,
+        max_key_bytes,
     }
 }
 

@@ -177,6 +177,11 @@ impl CoreOps {
     fn new(line_idx: u8, pending_idx: u8, start: u8) -> Self {
         CoreOps(vec![line_idx + 5 * pending_idx, start])
     }
+    /// `limits`: 1 (one lock per connection), 2 (two), 3 (room for two
+    /// one-byte keys), 4 (three), 5 (two locks, four keys), 6 (no locks).
+    fn with_limits(limits: u8) -> Self {
+        CoreOps(vec![4 + 5 * 4 + 25 * limits, 0])
+    }
     fn op(&mut self, code: u8, conn: u8, flag: bool, args: &[u8]) -> &mut Self {
         self.0.push(code | conn << 4 | if flag { 0x80 } else { 0 });
         self.0.extend_from_slice(args);
@@ -395,6 +400,39 @@ fn core_seeds() -> Vec<(&'static str, Vec<u8>)> {
             .sleep_until_poll_timeout()
             .sleep_until_poll_timeout()
             .tick(),
+    );
+    add(
+        "seed-limit-locks-per-connection",
+        CoreOps::with_limits(2)
+            .lock(0, 0, 0)
+            .lock(0, 1, 0)
+            .lock(0, 2, 0)
+            .lock(1, 2, 0)
+            .lock(0, 2, 7)
+            .unlock(0, 1)
+            .lock(0, 2, 7)
+            .unlock(1, 2),
+    );
+    add(
+        "seed-limit-table-full",
+        CoreOps::with_limits(4)
+            .lock(0, 0, 0)
+            .lock(1, 1, 0)
+            .lock(2, 2, 0)
+            .lock(3, 3, 0)
+            .lock(3, 4, 0)
+            .lock(3, 0, 7)
+            .close(0)
+            .lock(2, 4, 0)
+            .unlock(2, 2)
+            .lock(2, 4, 0),
+    );
+    add(
+        "seed-limit-no-locks",
+        CoreOps::with_limits(6)
+            .lock(0, 0, 0)
+            .unlock(0, 0)
+            .lock(1, 0, 7),
     );
     // A few small generated ones.
     for (i, name) in [

@@ -40,11 +40,18 @@ struct World {
 impl World {
     fn new(seed: u64) -> Self {
         let mut rng = Rng::new(seed);
-        let config = Config {
+        let mut config = Config {
             max_line_bytes: [16, 32, 64, 10_000][rng.below(4) as usize],
             max_pending_bytes: [1, 64, 1024, 64 * 1024][rng.below(4) as usize],
             ..Config::default()
         };
+        // Sometimes tight lock-table limits, so their errors show up too.
+        if rng.chance(1, 4) {
+            config.max_locks_per_connection = 1 + rng.below(3) as usize;
+        }
+        if rng.chance(1, 4) {
+            config.max_key_bytes = (1 + rng.below(20) as usize) * 70;
+        }
         let clients = 100 + rng.below(301) as usize;
         // A third of the worlds fight over a handful of keys.
         let nkeys = if rng.chance(1, 3) {
@@ -108,6 +115,22 @@ impl World {
         }
     }
 
+    /// A waiting client pipelines more commands behind its wait.
+    fn waiter_sends(&mut self) {
+        let waiting = self.h.waiting();
+        if waiting.is_empty() {
+            return;
+        }
+        let c = waiting[self.rng.below(waiting.len() as u64) as usize];
+        let cmd = self.command(c);
+        let at = if self.rng.chance(1, 3) {
+            self.rng.below(cmd.len() as u64) as usize
+        } else {
+            cmd.len()
+        };
+        self.h.send_split(c, cmd.as_bytes(), at);
+    }
+
     fn client(&mut self) -> usize {
         self.rng.below(self.clients as u64) as usize
     }
@@ -158,9 +181,23 @@ impl World {
                 }
                 None => self.h.tick(),
             },
-            // Time passes, but input reaches the core before the tick.
-            880..=929 => self.h.advance_silently(self.rng.below(5000)),
-            930..=969 => self.h.sleep_until_poll_timeout(),
+            // Time passes (maybe past a deadline), but input reaches the
+            // core before the tick: often from a waiter, whose buffered
+            // commands must still run first.
+            880..=929 => {
+                match self.h.next_deadline_us() {
+                    Some(d) if self.rng.chance(1, 2) => {
+                        let to = d + self.rng.below(3) * 500;
+                        self.h.advance_silently(to.saturating_sub(self.h.now_us()));
+                    }
+                    _ => self.h.advance_silently(self.rng.below(5000)),
+                }
+                if self.rng.chance(2, 3) {
+                    self.waiter_sends();
+                }
+            }
+            930..=949 => self.h.sleep_until_poll_timeout(),
+            950..=969 => self.waiter_sends(),
             970..=989 => self.h.tick(),
             // Rarely: a long idle gap.
             _ => self.h.advance(1_000_000 * (1 + self.rng.below(3600))),
@@ -174,6 +211,7 @@ fn add(total: &mut HarnessStats, s: HarnessStats) {
     total.granted += s.granted;
     total.granted_after_wait += s.granted_after_wait;
     total.timeouts += s.timeouts;
+    total.unlocked += s.unlocked;
     total.try_lock_timeouts += s.try_lock_timeouts;
     total.errors_replied += s.errors_replied;
     total.syntax_errors += s.syntax_errors;
