@@ -272,7 +272,9 @@ impl Core {
     /// bytes buffered behind a waiting `lock` are at their bound.
     pub fn wants_input(&self, conn: ConnId) -> bool {
         match self.conns.get(conn.0) {
-            Some(Some(st)) => st.pending.len() < self.config.max_pending_bytes,
+            // Only a waiting connection buffers; the others are always read
+            // (even with a bound of 0).
+            Some(Some(st)) => !st.waiting || st.pending.len() < self.config.max_pending_bytes,
             _ => false,
         }
     }
@@ -717,6 +719,39 @@ mod tests {
             f.out(),
             vec![
                 r(0, "u unlocked\r\n"),
+                r(1, "l locked\r\n"),
+                r(0, "u unlocked\r\n"),
+            ]
+        );
+    }
+
+    /// Regression: `--max-pending-bytes 0` (found while model-checking the
+    /// core's limits) paused reading from every connection, waiting or not,
+    /// so the daemon answered nobody. Zero must only mean "buffer nothing
+    /// behind a waiting lock".
+    #[test]
+    fn zero_pending_bound_still_reads_connections_that_do_not_wait() {
+        let config = Config {
+            max_pending_bytes: 0,
+            ..Config::default()
+        };
+        let mut f = Fixture {
+            core: Core::new(config, 0),
+            now_us: 0,
+        };
+        f.core.handle_open(ConnId(0));
+        f.core.handle_open(ConnId(1));
+        assert!(f.core.wants_input(ConnId(0)));
+        f.send(0, "lock a 0\r\n");
+        f.send(1, "lock a 100\r\n");
+        assert!(f.core.wants_input(ConnId(0)));
+        assert!(!f.core.wants_input(ConnId(1)), "a waiter buffers nothing");
+        f.send(0, "unlock a\r\n");
+        assert!(f.core.wants_input(ConnId(1)));
+        assert_eq!(
+            f.out(),
+            vec![
+                r(0, "l locked\r\n"),
                 r(1, "l locked\r\n"),
                 r(0, "u unlocked\r\n"),
             ]
