@@ -1290,7 +1290,7 @@ impl CoreHarness {
 /// and pending-input limits, and (from 25 up) small lock-table limits.
 fn core_config(b: u8) -> Config {
     const LINES: [usize; 5] = [16, 20, 32, 64, DEFAULT_MAX_LINE_BYTES];
-    const PENDING: [usize; 5] = [1, 12, 40, 200, 64 * 1024];
+    const PENDING: [usize; 5] = [0, 12, 40, 200, 64 * 1024];
     // Room for n one-byte keys.
     let keys = |n: usize| n * (1 + KEY_OVERHEAD_BYTES);
     let (max_locks_per_connection, max_key_bytes) = match b / 25 {

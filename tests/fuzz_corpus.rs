@@ -434,6 +434,16 @@ fn core_seeds() -> Vec<(&'static str, Vec<u8>)> {
             .unlock(0, 0)
             .lock(1, 0, 7),
     );
+    add(
+        "regress-zero-pending-bound",
+        CoreOps::new(4, 0, 0)
+            .lock(0, 0, 0)
+            .lock(1, 0, 8)
+            .unlock(1, 1)
+            .lock(2, 1, 0)
+            .unlock(0, 0)
+            .unlock(2, 1),
+    );
     // A few small generated ones.
     for (i, name) in [
         "seed-random-1",

@@ -42,7 +42,7 @@ impl World {
         let mut rng = Rng::new(seed);
         let mut config = Config {
             max_line_bytes: [16, 32, 64, 10_000][rng.below(4) as usize],
-            max_pending_bytes: [1, 64, 1024, 64 * 1024][rng.below(4) as usize],
+            max_pending_bytes: [0, 1, 64, 1024, 64 * 1024][rng.below(5) as usize],
             ..Config::default()
         };
         // Sometimes tight lock-table limits, so their errors show up too.
