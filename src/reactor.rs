@@ -7,6 +7,7 @@
 //! ```text
 //! poll(timeout = next timer | 0 if connections are still readable | accept retry)
 //! now = clock()
+//! if a timer is due: core.handle_timeout(now), write its replies at once
 //! for each event: accept until WouldBlock | read (bounded) into the shared
 //!                 scratch buffer and feed the core | write pending output
 //! revisit connections left readable by the fairness budget (round robin)
@@ -171,11 +172,19 @@ pub struct Reactor {
     start: Instant,
     stopper: Stopper,
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// A timerfd armed for the core's next wake-up, with the time (µs) it is
+    /// armed for. epoll_wait's timeout has whole-millisecond resolution and
+    /// rounds up, which would add up to a millisecond to every timeout; the
+    /// timerfd wakes the loop within microseconds of the deadline. `None`
+    /// (timerfd unavailable) falls back to the poll timeout.
+    timer_fd: Option<std::os::fd::OwnedFd>,
+    timer_armed: Option<u64>,
     log: Log,
     summary: Summary,
 }
 
 const SIGNALS: Token = Token(usize::MAX - 3);
+const TIMER: Token = Token(usize::MAX - 4);
 
 impl Reactor {
     /// Binds `addr` and prepares the loop. `signals`: whether SIGINT/SIGTERM
@@ -199,6 +208,18 @@ impl Reactor {
         } else {
             None
         };
+        let timer_fd = rustix::time::timerfd_create(
+            rustix::time::TimerfdClockId::Monotonic,
+            rustix::time::TimerfdFlags::NONBLOCK | rustix::time::TimerfdFlags::CLOEXEC,
+        )
+        .ok()
+        .filter(|fd| {
+            use std::os::fd::AsRawFd;
+            let raw = fd.as_raw_fd();
+            poll.registry()
+                .register(&mut mio::unix::SourceFd(&raw), TIMER, Interest::READABLE)
+                .is_ok()
+        });
         let start = Instant::now();
         Ok(Reactor {
             poll,
@@ -218,6 +239,8 @@ impl Reactor {
                 std::sync::atomic::AtomicBool::new(false),
             ))),
             signals,
+            timer_fd,
+            timer_armed: None,
             log,
             summary: Summary::default(),
         })
@@ -247,12 +270,26 @@ impl Reactor {
                 return Err(e);
             }
             let now_us = self.now_us();
+            // Timeouts due now go out before this batch's reads are handled,
+            // so a large batch cannot make them late.
+            if self.core.poll_timeout().is_some_and(|t| t <= now_us) {
+                self.core.handle_timeout(now_us);
+                self.drain_outputs();
+                self.flush();
+            }
             let mut stop = false;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => stop |= self.stopper.0.1.load(std::sync::atomic::Ordering::SeqCst),
                     SIGNALS => stop |= self.take_signals(),
+                    TIMER => {
+                        // Expired: consume the count; it is re-armed as needed.
+                        if let Some(fd) = &self.timer_fd {
+                            let _ = rustix::io::read(fd, &mut [0u8; 8]);
+                        }
+                        self.timer_armed = None;
+                    }
                     Token(c) => {
                         let Some(conn) = self.conns.get_mut(c) else {
                             continue;
@@ -320,21 +357,64 @@ impl Reactor {
         stop
     }
 
-    fn poll_timeout(&self) -> Option<Duration> {
+    fn poll_timeout(&mut self) -> Option<Duration> {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
         let now_us = self.now_us();
-        let timer = self
-            .core
-            .poll_timeout()
-            .map(|t| Duration::from_micros(t.saturating_sub(now_us)));
+        let next_us = self.core.poll_timeout();
+        let timer = if self.arm_timer(next_us, now_us) {
+            None
+        } else {
+            next_us.map(|t| Duration::from_micros(t.saturating_sub(now_us)))
+        };
         let accept = self
             .accept_paused
             .map(|t| t.saturating_duration_since(Instant::now()));
         match (timer, accept) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    /// Arms the timerfd for `next_us` (disarms it for `None`) unless it is
+    /// armed for that already. Returns false when there is no usable
+    /// timerfd, so the poll timeout must do.
+    fn arm_timer(&mut self, next_us: Option<u64>, now_us: u64) -> bool {
+        let Some(fd) = &self.timer_fd else {
+            return false;
+        };
+        if next_us == self.timer_armed {
+            return true;
+        }
+        // A zero it_value disarms; a due time in the past fires in 1 ns.
+        let value = match next_us {
+            None => Duration::ZERO,
+            Some(t) => Duration::from_micros(t.saturating_sub(now_us)).max(Duration::from_nanos(1)),
+        };
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let spec = rustix::time::Itimerspec {
+            it_interval: zero,
+            it_value: rustix::time::Timespec {
+                tv_sec: i64::try_from(value.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(value.subsec_nanos()),
+            },
+        };
+        match rustix::time::timerfd_settime(fd, rustix::time::TimerfdTimerFlags::empty(), &spec) {
+            Ok(_) => {
+                self.timer_armed = next_us;
+                true
+            }
+            Err(e) => {
+                self.log.error(format_args!(
+                    "timerfd_settime failed ({e}); using poll timeouts"
+                ));
+                self.timer_fd = None;
+                false
+            }
         }
     }
 
