@@ -150,16 +150,24 @@ impl Client {
 
     /// Asserts nothing arrives within `wait`.
     pub fn expect_silence(&mut self, wait: Duration) -> &mut Self {
-        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let end = Instant::now() + wait;
         let mut buf = [0u8; 64];
-        match self.stream.read(&mut buf) {
-            Ok(0) => panic!("connection closed, expected silence"),
-            Ok(n) => panic!(
-                "expected silence, got {:?}",
-                String::from_utf8_lossy(&buf[..n])
-            ),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => panic!("expected silence, got error {e}"),
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!("connection closed, expected silence"),
+                Ok(n) => panic!(
+                    "expected silence, got {:?}",
+                    String::from_utf8_lossy(&buf[..n])
+                ),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => panic!("expected silence, got error {e}"),
+            }
         }
         self.stream.set_read_timeout(Some(PROMPT)).unwrap();
         self
@@ -168,7 +176,11 @@ impl Client {
     /// Asserts the daemon closes the connection (EOF or reset) soon.
     pub fn expect_closed(&mut self) {
         let mut buf = [0u8; 256];
-        match self.stream.read(&mut buf) {
+        let mut r = self.stream.read(&mut buf);
+        while matches!(&r, Err(e) if e.kind() == ErrorKind::Interrupted) {
+            r = self.stream.read(&mut buf);
+        }
+        match r {
             Ok(0) => {}
             Ok(n) => panic!(
                 "expected close, got {:?}",
@@ -186,6 +198,7 @@ impl Client {
         while !line.ends_with(b"\r\n") {
             match self.stream.read(&mut b) {
                 Ok(1) => line.push(b[0]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Ok(_) => panic!("closed mid-line after {:?}", String::from_utf8_lossy(&line)),
                 Err(e) => panic!(
                     "read_line failed after {:?}: {e}",
