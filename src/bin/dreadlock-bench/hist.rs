@@ -45,7 +45,7 @@ fn bounds(i: usize) -> (u64, u64) {
     let shift = i / SUB - 1;
     let sub = i % SUB;
     let lo = (SUB + sub) << shift;
-    (lo, lo + (1u64 << shift) - 1)
+    (lo, lo + ((1u64 << shift) - 1))
 }
 
 impl Histogram {
