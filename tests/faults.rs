@@ -9,11 +9,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Client, Daemon, PROMPT};
@@ -292,87 +292,14 @@ fn never_reading_holder_blocks_only_its_key() {
 
 /// The daemon started under a low open-file limit (soft = hard = `nofile`),
 /// so reaching it takes a few hundred connections.
-struct LimitedDaemon {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl LimitedDaemon {
-    fn start(nofile: u32, args: &[&str]) -> Self {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_dreadlock"))
-            .args(["0", "--bind", "127.0.0.1"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sh -c 'ulimit -n; exec dreadlock'");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut addr = None;
-        for line in lines.by_ref() {
-            let line = line.expect("read stderr");
-            stderr.lock().unwrap().push_str(&line);
-            stderr.lock().unwrap().push('\n');
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let a = rest.split_whitespace().next().unwrap();
-                addr = Some(a.parse().expect("address"));
-                break;
-            }
-        }
-        let addr =
-            addr.unwrap_or_else(|| panic!("no 'listening on' line: {}", stderr.lock().unwrap()));
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        LimitedDaemon {
-            child,
-            addr,
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// CPU time (user + system) the daemon used so far.
-    fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("read /proc/<pid>/stat");
-        // Fields after the parenthesised command name; utime and stime are
-        // fields 14 and 15 of the whole line, 12 and 13 after the name.
-        let after = &stat[stat.rfind(')').expect("comm") + 2..];
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
-    }
-}
-
-impl Drop for LimitedDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+fn start_limited(nofile: u32, args: &[&str]) -> Daemon {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_dreadlock"))
+        .args(["0", "--bind", "127.0.0.1"])
+        .args(args);
+    Daemon::spawn(cmd)
 }
 
 /// Connects and sends a lock; returns the client and whether the daemon
@@ -396,7 +323,7 @@ fn connect_and_lock(addr: SocketAddr, key: &str, wait: Duration) -> (Client, boo
 
 fn descriptor_limit(args: &[&str], expect_in_stderr: &str) {
     const NOFILE: u32 = 256;
-    let d = LimitedDaemon::start(NOFILE, args);
+    let d = start_limited(NOFILE, args);
     assert!(
         d.stderr().contains(&format!("open-file limit {NOFILE}")),
         "the daemon did not run under the low limit: {}",

@@ -24,9 +24,16 @@ impl Daemon {
 
     /// Starts the daemon with extra flags; waits for its "listening on" line.
     pub fn start_with(args: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dreadlock"))
-            .args(["0", "--bind", "127.0.0.1"])
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dreadlock"));
+        cmd.args(["0", "--bind", "127.0.0.1"]).args(args);
+        Daemon::spawn(cmd)
+    }
+
+    /// Runs `cmd`, which must exec the daemon (perhaps through a wrapper such
+    /// as `sh -c 'ulimit ...; exec ...'`), and waits for its "listening on"
+    /// line on stderr; the rest of stderr is collected in the background.
+    pub fn spawn(mut cmd: Command) -> Daemon {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -45,7 +52,12 @@ impl Daemon {
                 break;
             }
         }
-        let addr = addr.expect("daemon printed no 'listening on' line");
+        let addr = addr.unwrap_or_else(|| {
+            panic!(
+                "daemon printed no 'listening on' line: {}",
+                stderr.lock().unwrap()
+            )
+        });
         let sink = stderr.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -59,6 +71,18 @@ impl Daemon {
             addr,
             stderr,
         }
+    }
+
+    /// CPU time (user + system) the daemon has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("read /proc/<pid>/stat");
+        // utime and stime are fields 14 and 15 of the line: 12 and 13 after
+        // the parenthesised command name.
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
     }
 
     pub fn connect(&self) -> Client {
@@ -219,4 +243,15 @@ impl Client {
         sock.set_linger(Some(Duration::ZERO)).unwrap();
         drop(self);
     }
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`, normally 100).
+pub fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }
