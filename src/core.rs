@@ -1,6 +1,6 @@
 //! The sans-I/O protocol engine: bytes and a clock in, replies out.
 //!
-//! `Core` ties the [parser](crate::parser), the [lock table](crate::lock_table)
+//! `Core` ties the [`parser`], the [lock table](crate::lock_table)
 //! and the [timer wheel](crate::timer) together and owns every protocol rule
 //! of `PROTOCOL.md`. It never touches a socket or reads the clock: the reactor
 //! (or a test, or a fuzzer) calls the `handle_*` inputs with the current time

@@ -1,6 +1,6 @@
 //! The only part that touches the world: a single-threaded, edge-triggered
 //! mio loop over a listener and a `Slab` of connections, feeding the
-//! sans-I/O [`Core`](crate::core::Core) and writing what it returns.
+//! sans-I/O [`Core`] and writing what it returns.
 //!
 //! # One loop iteration
 //!
@@ -95,8 +95,8 @@ pub struct Config {
     /// whose host died or was cut off is then dropped, and its locks freed,
     /// after `keepalive + KEEPALIVE_PROBES * KEEPALIVE_INTERVAL`.
     pub keepalive: Option<Duration>,
-    /// Longest busy-poll before blocking in epoll (zero: never spin). See
-    /// [`Spin`].
+    /// Longest busy-poll before blocking in epoll (zero: never spin); the
+    /// loop spins only while spinning finds events (see the private `Spin`).
     pub busy_poll: Duration,
 }
 
