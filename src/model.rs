@@ -76,6 +76,25 @@ impl Rng {
     pub fn chance(&mut self, num: u64, den: u64) -> bool {
         self.below(den) < num
     }
+
+    /// Uniform index in `0..n` (0 when `n == 0`).
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    /// A uniformly chosen element of a non-empty slice.
+    pub fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+        &from[self.index(from.len())]
+    }
+
+    /// Skewed towards small values: a random bit width in `0..=bits` (at
+    /// most 64), then uniform below `2^width`.
+    pub fn skewed(&mut self, bits: u32) -> u64 {
+        match self.below(u64::from(bits.min(64)) + 1) as u32 {
+            0 => 0,
+            width => self.next_u64() >> (64 - width),
+        }
+    }
 }
 
 /// Reads a fuzz input as a stream of bytes; past the end it yields zeros and

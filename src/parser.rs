@@ -883,27 +883,7 @@ mod tests {
         assert_eq!(p.heap_bytes(), 0);
     }
 
-    /// xorshift64: a tiny deterministic generator, enough for test inputs.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn pick<'a>(&mut self, from: &'a [u8]) -> &'a u8 {
-            &from[self.below(from.len())]
-        }
-    }
+    use crate::model::Rng;
 
     /// A line-at-a-time reference for the grammar, written independently of
     /// the state machine: the commands of the complete valid lines, and
@@ -951,45 +931,45 @@ mod tests {
         const KEY: &[u8] = b"abcXYZ019";
         const NOISE: &[u8] = b"lockunLOCK ab19\r\n\t-\0";
         let mut out = Vec::new();
-        for _ in 0..rng.below(6) {
-            let word = WORDS[rng.below(WORDS.len())];
+        for _ in 0..rng.index(6) {
+            let word = WORDS[rng.index(WORDS.len())];
             out.extend_from_slice(word);
-            out.extend(std::iter::repeat_n(b' ', 1 + rng.below(3)));
-            for _ in 0..1 + rng.below(5) {
+            out.extend(std::iter::repeat_n(b' ', 1 + rng.index(3)));
+            for _ in 0..1 + rng.index(5) {
                 out.push(*rng.pick(KEY));
             }
             if word.len() == 4 {
-                out.extend(std::iter::repeat_n(b' ', 1 + rng.below(3)));
-                for _ in 0..1 + rng.below(25) {
+                out.extend(std::iter::repeat_n(b' ', 1 + rng.index(3)));
+                for _ in 0..1 + rng.index(25) {
                     out.push(*rng.pick(b"0123456789"));
                 }
             }
-            out.extend(std::iter::repeat_n(b' ', rng.below(3)));
+            out.extend(std::iter::repeat_n(b' ', rng.index(3)));
             out.extend_from_slice(b"\r\n");
         }
-        for _ in 0..rng.below(3) {
-            if !out.is_empty() && rng.below(2) == 0 {
-                let at = rng.below(out.len());
+        for _ in 0..rng.index(3) {
+            if !out.is_empty() && rng.index(2) == 0 {
+                let at = rng.index(out.len());
                 out[at] = *rng.pick(NOISE);
             } else {
-                let at = rng.below(out.len() + 1);
+                let at = rng.index(out.len() + 1);
                 out.insert(at, *rng.pick(NOISE));
             }
         }
-        out.truncate(out.len() - rng.below(4).min(out.len()));
+        out.truncate(out.len() - rng.index(4).min(out.len()));
         out
     }
 
     fn gen_noise(rng: &mut Rng) -> Vec<u8> {
         const ALPHABET: &[u8] = b"lockunLOCK ab19\r\n\t-";
-        (0..rng.below(40)).map(|_| *rng.pick(ALPHABET)).collect()
+        (0..rng.index(40)).map(|_| *rng.pick(ALPHABET)).collect()
     }
 
     fn random_chunks<'a>(rng: &mut Rng, input: &'a [u8]) -> Vec<&'a [u8]> {
         let mut chunks = Vec::new();
         let mut rest = input;
         while !rest.is_empty() {
-            let (a, b) = rest.split_at(rng.below(rest.len() + 1).min(1 + rng.below(8)));
+            let (a, b) = rest.split_at(rng.index(rest.len() + 1).min(1 + rng.index(8)));
             chunks.push(a);
             rest = b;
         }
@@ -1002,7 +982,7 @@ mod tests {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0x9e37_79b9_7f4a_7c15);
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let mut outcomes = [0usize; 3];
         for round in 0..20_000 {
             let input = if round % 2 == 0 {

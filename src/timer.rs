@@ -497,38 +497,7 @@ mod tests {
 
     const DAY_MS: u64 = 24 * 3600 * 1000;
 
-    /// xorshift64: seeded, dependency-free, good enough to drive ops.
-    struct Rng(u64);
-
-    impl Rng {
-        fn new(seed: u64) -> Self {
-            Rng(seed.max(1))
-        }
-
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        /// Uniform in `0..n` (0 if `n == 0`), modulo bias ignored.
-        fn below(&mut self, n: u64) -> u64 {
-            if n == 0 { 0 } else { self.next() % n }
-        }
-
-        /// Skewed towards small values: a random bit width in `0..=bits`,
-        /// then uniform below `2^width`.
-        fn skewed(&mut self, bits: u32) -> u64 {
-            let width = self.below(u64::from(bits) + 1) as u32;
-            match width {
-                0 => 0,
-                _ => self.next() >> (64 - width),
-            }
-        }
-    }
+    use crate::model::Rng;
 
     fn drain<T>(wheel: &mut TimerWheel<T>, now: u64) -> Vec<(u64, T)> {
         std::iter::from_fn(|| wheel.poll(now)).collect()
