@@ -257,6 +257,16 @@ impl ConnectStats {
         self.refused + self.timed_out + self.other
     }
 
+    /// Counts a failed connect as refused or other, keeping the first error.
+    fn connect_failed(&mut self, e: &std::io::Error) {
+        if e.kind() == ErrorKind::ConnectionRefused {
+            self.refused += 1;
+        } else {
+            self.other += 1;
+        }
+        self.note(format!("connect: {e}"));
+    }
+
     fn note(&mut self, e: String) {
         if self.first_error.is_none() {
             self.first_error = Some(e);
@@ -305,14 +315,7 @@ pub fn connect_many(
                     inflight.push_back((i, Instant::now()));
                     live += 1;
                 }
-                Err(e) => {
-                    if e.kind() == ErrorKind::ConnectionRefused {
-                        stats.refused += 1;
-                    } else {
-                        stats.other += 1;
-                    }
-                    stats.note(format!("connect: {e}"));
-                }
+                Err(e) => stats.connect_failed(&e),
             }
         }
         if live == 0 && next >= n {
@@ -371,12 +374,7 @@ pub fn connect_many(
                     stats.ok += 1;
                 }
                 Err(e) => {
-                    if e.kind() == ErrorKind::ConnectionRefused {
-                        stats.refused += 1;
-                    } else {
-                        stats.other += 1;
-                    }
-                    stats.note(format!("connect: {e}"));
+                    stats.connect_failed(&e);
                     streams[i] = None;
                     live -= 1;
                 }
