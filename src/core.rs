@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use crate::lock_table::{ConnId, Limits, LockOutcome, LockTable, UnlockOutcome};
 use crate::parser::{self, Command, ParseError, Parser, Step};
 use crate::timer::{self, TimerId, TimerWheel};
+use crate::wire::{self, ErrorReply};
 
 /// Default bound on bytes kept from a connection whose `lock` is waiting.
 /// 64 KiB holds thousands of pipelined commands, far more than any sane
@@ -91,14 +92,14 @@ impl Reply {
     /// The reply's bytes on the wire, CRLF included.
     pub const fn as_bytes(self) -> &'static [u8] {
         match self {
-            Reply::Locked => b"l locked\r\n",
-            Reply::Timeout => b"t timeout\r\n",
-            Reply::Unlocked => b"u unlocked\r\n",
-            Reply::AlreadyLocked => b"e already locked\r\n",
-            Reply::NotLocked => b"e not locked\r\n",
-            Reply::NotOwner => b"e not owner\r\n",
-            Reply::TooManyLocks => b"e too many locks\r\n",
-            Reply::TableFull => b"e lock table full\r\n",
+            Reply::Locked => wire::LOCKED,
+            Reply::Timeout => wire::TIMEOUT,
+            Reply::Unlocked => wire::UNLOCKED,
+            Reply::AlreadyLocked => ErrorReply::AlreadyLocked.as_bytes(),
+            Reply::NotLocked => ErrorReply::NotLocked.as_bytes(),
+            Reply::NotOwner => ErrorReply::NotOwner.as_bytes(),
+            Reply::TooManyLocks => ErrorReply::TooManyLocks.as_bytes(),
+            Reply::TableFull => ErrorReply::TableFull.as_bytes(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! src/log.rs         stderr logging with a rate limit on client-caused warnings
 //! src/main.rs        CLI, descriptor limit, signals; runs the reactor
 //! src/model.rs       reference models + checks shared by fuzz targets and tests
+//! src/wire.rs      reply bytes, limits and byte classes shared by client and daemon
 //! src/client.rs      blocking client library: lock guards, rendezvous hashing
 //! ```
 pub mod client;
@@ -21,3 +22,4 @@ pub mod model;
 pub mod parser;
 pub mod reactor;
 pub mod timer;
+pub mod wire;

@@ -37,7 +37,7 @@ use std::fmt;
 /// Default maximum command line length in bytes, CRLF included (the original's
 /// buffer: the C daemon read commands into a 10,000-byte buffer and a longer
 /// line could never parse).
-pub const DEFAULT_MAX_LINE_BYTES: usize = 10_000;
+pub const DEFAULT_MAX_LINE_BYTES: usize = crate::wire::DEFAULT_MAX_LINE_BYTES;
 
 /// Smallest accepted line limit; [`Parser::new`] raises smaller values to it.
 /// The shortest valid lines (`lock a 0\r\n`, `unlock a\r\n`) are 10 bytes, so
