@@ -6,6 +6,7 @@
 //! src/parser.rs      resumable byte-at-a-time state machine for the wire grammar
 //! src/timer.rs       hierarchical timer wheel (ms ticks, O(1) insert/cancel)
 //! src/lock_table.rs  key -> holder + FIFO waiters; pure data structure
+//! src/stats.rs     counters and duration histograms (stats, summary, /metrics)
 //! src/core.rs        sans-I/O protocol engine: bytes + clock in, replies out
 //! src/reactor.rs     single-threaded mio loop, slab of connections, buffers
 //! src/log.rs         stderr logging with a rate limit on client-caused warnings
@@ -21,5 +22,6 @@ pub mod log;
 pub mod model;
 pub mod parser;
 pub mod reactor;
+pub mod stats;
 pub mod timer;
 pub mod wire;
