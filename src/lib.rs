@@ -1,27 +1,33 @@
-//! dreadlock: a simple, very fast network lock daemon.
+//! dreadlock: a simple, very fast network lock daemon, and its client.
 //!
-//! # Layout
-//!
-//! ```text
-//! src/parser.rs      resumable byte-at-a-time state machine for the wire grammar
-//! src/timer.rs       hierarchical timer wheel (ms ticks, O(1) insert/cancel)
-//! src/lock_table.rs  key -> holder + FIFO waiters; pure data structure
-//! src/stats.rs     counters and duration histograms (stats, summary, /metrics)
-//! src/core.rs        sans-I/O protocol engine: bytes + clock in, replies out
-//! src/reactor.rs     single-threaded mio loop, slab of connections, buffers
-//! src/log.rs         stderr logging with a rate limit on client-caused warnings
-//! src/main.rs        CLI, descriptor limit, signals; runs the reactor
-//! src/model.rs       reference models + checks shared by fuzz targets and tests
-//! src/wire.rs      reply bytes, limits and byte classes shared by client and daemon
-//! src/client.rs      blocking client library: lock guards, rendezvous hashing
-//! ```
+//! (Crate documentation: see below; written once the client settles.)
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod client;
-pub mod core;
-pub mod lock_table;
-pub mod log;
-pub mod model;
-pub mod parser;
-pub mod reactor;
-pub mod stats;
-pub mod timer;
 pub mod wire;
+
+#[cfg(feature = "daemon")]
+#[doc(hidden)]
+pub mod core;
+#[cfg(feature = "daemon")]
+#[doc(hidden)]
+pub mod lock_table;
+#[cfg(feature = "daemon")]
+#[doc(hidden)]
+pub mod log;
+#[cfg(all(feature = "daemon", any(test, feature = "model")))]
+#[doc(hidden)]
+pub mod model;
+#[cfg(feature = "daemon")]
+#[doc(hidden)]
+pub mod parser;
+#[cfg(feature = "daemon")]
+#[doc(hidden)]
+pub mod reactor;
+#[cfg(feature = "daemon")]
+#[doc(hidden)]
+pub mod stats;
+#[cfg(feature = "daemon")]
+#[doc(hidden)]
+pub mod timer;
