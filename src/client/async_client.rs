@@ -52,7 +52,7 @@ impl AsyncConnection {
             let mut conn = AsyncConnection {
                 server: server.to_owned(),
                 reader: BufReader::with_capacity(MAX_REPLY_BYTES, stream),
-                io_timeout: options.io_timeout(),
+                io_timeout: options.effective_io_timeout(),
                 broken: false,
             };
             if let Some(secret) = &options.auth {

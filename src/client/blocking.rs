@@ -85,7 +85,7 @@ impl Connection {
 
     fn from_stream(server: &str, stream: TcpStream, options: &Options) -> io::Result<Self> {
         stream.set_nodelay(true)?;
-        let io_timeout = options.io_timeout();
+        let io_timeout = options.effective_io_timeout();
         stream.set_write_timeout(io_timeout)?;
         set_keepalive(&stream, options.keepalive)?;
         Ok(Connection {

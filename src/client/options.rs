@@ -97,7 +97,7 @@ impl fmt::Debug for Options {
 
 impl Options {
     /// The I/O bound as applied to sockets (at least 1 ms).
-    pub(crate) fn io_timeout(&self) -> Option<Duration> {
+    pub(crate) fn effective_io_timeout(&self) -> Option<Duration> {
         self.io_timeout.map(|t| t.max(Duration::from_millis(1)))
     }
 
