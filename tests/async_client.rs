@@ -146,3 +146,20 @@ async fn a_stopped_daemon_is_an_io_error() {
     let e = c.lock("b", SHORT).await.unwrap_err();
     assert!(e.io_error().is_some(), "{e:?}");
 }
+
+/// A daemon restarted on the same port: the pooled connection to the old
+/// one is dead, and the client notices before using it.
+#[tokio::test]
+async fn an_idle_connection_the_daemon_closed_is_not_reused() {
+    let d = Daemon::start();
+    let port = d.addr.port().to_string();
+    let c = client(&d).await;
+    c.lock("a", SHORT).await.unwrap().unlock().await.unwrap();
+    drop(d);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dreadlock"));
+    cmd.args([&*port, "--bind", "127.0.0.1"]);
+    let d2 = Daemon::spawn(cmd);
+    let g = c.lock("b", SHORT).await.unwrap();
+    assert!(!is_free(&d2, "b"));
+    g.unlock().await.unwrap();
+}

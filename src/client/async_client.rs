@@ -77,16 +77,16 @@ impl AsyncConnection {
     }
 
     /// Whether this idle connection can carry a new command: not broken,
-    /// nothing unread, and the daemon has not closed it as far as the
-    /// runtime has seen.
+    /// nothing unread, and the daemon has not closed it (a peek on the
+    /// non-blocking socket would block; asked of the kernel, not of the
+    /// runtime's readiness, which may not have seen a recent FIN yet).
     fn is_reusable(&self) -> bool {
         if self.broken || !self.reader.buffer().is_empty() {
             return false;
         }
-        matches!(
-            self.reader.get_ref().try_read(&mut [0u8; 1]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock
-        )
+        let socket = socket2::SockRef::from(self.reader.get_ref());
+        let peeked = socket.peek(&mut [std::mem::MaybeUninit::uninit(); 1]);
+        matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Sends one command line and interprets one reply line. Dropping the
