@@ -375,25 +375,46 @@ fn drop_releases_at_once_to_a_waiter() {
     assert!(waited < Duration::from_secs(30), "{waited:?}");
 }
 
+/// Regression: the guards of one server shared one connection, so while
+/// one thread waited for a contended lock, every other thread of the client
+/// waited behind it for that server.
 #[test]
 fn threads_of_one_client_do_not_wait_for_each_other() {
-    let d = Daemon::start();
-    let other = client(&d);
-    let _busy = other.lock("busy", SHORT).unwrap();
-    let c = client(&d);
+    let mut fake = Fake::start(vec![
+        vec![None],
+        vec![
+            Some("l locked\r\n"),
+            Some("u unlocked\r\n"),
+            Some("l locked\r\n"),
+            Some("u unlocked\r\n"),
+        ],
+    ]);
+    let options = Options {
+        io_timeout: Some(Duration::from_millis(200)),
+        ..Options::default()
+    };
+    let c = Client::connect_with(&fake.server(), options).unwrap();
     thread::scope(|s| {
-        let waiting = s.spawn(|| c.lock("busy", Duration::from_secs(3)).map(|_| ()));
-        // While that thread waits on the daemon, this one locks and
-        // unlocks another key on the same server.
-        let start = Instant::now();
-        for _ in 0..3 {
+        let waiting = s.spawn(|| c.lock("busy", Duration::from_secs(3)));
+        // The contended lock is on the daemon (the fake never answers it).
+        fake.wait_received(0, "lock busy 3000\r\n");
+        for _ in 0..2 {
             c.lock("free", SHORT).unwrap().unlock().unwrap();
         }
-        assert!(!waiting.is_finished(), "the contended lock was granted?");
-        assert!(start.elapsed() < Duration::from_secs(3));
+        // Done while the other thread still waits for its answer.
+        assert!(!waiting.is_finished());
         let e = waiting.join().unwrap().unwrap_err();
-        assert!(e.is_timeout(), "{e:?}");
+        assert_eq!(
+            e.io_error().map(|e| e.kind()),
+            Some(ErrorKind::TimedOut),
+            "{e:?}"
+        );
     });
+    drop(c);
+    assert_eq!(
+        fake.connection(1),
+        "lock free 50\r\nunlock free\r\nlock free 50\r\nunlock free\r\n"
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ pub const HANG_UP: &str = "<hang up>";
 
 pub struct Fake {
     pub addr: SocketAddr,
+    /// Bytes received so far, per connection, while it is open.
+    live: Arc<Mutex<HashMap<usize, Vec<u8>>>>,
     ended: mpsc::Receiver<(usize, Vec<u8>)>,
     seen: HashMap<usize, Vec<u8>>,
 }
@@ -34,12 +36,15 @@ impl Fake {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, ended) = mpsc::channel();
+        let live: Arc<Mutex<HashMap<usize, Vec<u8>>>> = Arc::default();
+        let live_in = live.clone();
         thread::spawn(move || {
             for (n, script) in scripts.into_iter().enumerate() {
                 let Ok((mut s, _)) = listener.accept() else {
                     return;
                 };
                 let tx = tx.clone();
+                let live = live_in.clone();
                 thread::spawn(move || {
                     // Bounded: a client that never closes is given up on.
                     s.set_read_timeout(Some(PROMPT * 3)).unwrap();
@@ -50,6 +55,9 @@ impl Fake {
                         match s.read(&mut buf) {
                             Ok(0) | Err(_) => break,
                             Ok(k) => {
+                                let mut seen = live.lock().unwrap();
+                                seen.entry(n).or_default().extend_from_slice(&buf[..k]);
+                                drop(seen);
                                 for &b in &buf[..k] {
                                     got.push(b);
                                     if b == b'\n' {
@@ -74,6 +82,7 @@ impl Fake {
         });
         Fake {
             addr,
+            live,
             ended,
             seen: HashMap::new(),
         }
@@ -97,6 +106,29 @@ impl Fake {
             self.seen.insert(k, bytes);
         }
         String::from_utf8(self.seen[&n].clone()).unwrap()
+    }
+
+    /// Waits until the n-th connection has received `want` (open or not).
+    pub fn wait_received(&self, n: usize, want: &str) {
+        let deadline = Instant::now() + PROMPT;
+        loop {
+            let got = self
+                .live
+                .lock()
+                .unwrap()
+                .get(&n)
+                .cloned()
+                .unwrap_or_default();
+            if got == want.as_bytes() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connection {n} received {:?}, not {want:?}",
+                String::from_utf8_lossy(&got)
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Whether the n-th connection has ended by now (without waiting).
