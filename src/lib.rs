@@ -73,7 +73,7 @@
 //! | `daemon` | yes | the `dreadlock` binary and its engine (Linux) |
 //! | `cli` | yes | the `dreadlock-cli` binary (Unix) |
 //! | `bench` | yes | the `dreadlock-bench` load generator (Linux) |
-//! | `keepalive` | with `cli` | [`client::Options::keepalive`] (adds `socket2`) |
+//! | `keepalive` | yes (through `cli`) | [`client::Options::keepalive`] (adds `socket2`) |
 //! | `tokio` | no | `client::AsyncClient` (adds tokio; implies `keepalive`) |
 //! | `model` | no | reference models for the fuzzers and tests; not an API |
 //!

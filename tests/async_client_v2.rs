@@ -168,3 +168,10 @@ async fn key_commands_go_to_the_keys_server_and_stats_to_each() {
     assert_eq!(fakes[0].connection(0), format!("info {k0}\r\nstats\r\n"));
     assert_eq!(fakes[1].connection(0), format!("info {k1}\r\nstats\r\n"));
 }
+
+#[test]
+fn clients_and_guards_cross_tasks() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<AsyncClient>();
+    send_sync::<dreadlock::client::AsyncLockGuard>();
+}

@@ -284,3 +284,11 @@ fn stats_of_a_server_that_fails_do_not_hide_the_others() {
     assert!(matches!(e.kind(), Kind::UnexpectedReply(_)), "{e:?}");
     assert_eq!(e.server(), Some(&*bad.server()));
 }
+
+#[test]
+fn clients_and_guards_cross_threads() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<Client>();
+    send_sync::<dreadlock::client::LockGuard>();
+    send_sync::<dreadlock::client::Error>();
+}
