@@ -108,7 +108,7 @@ impl AsyncConnection {
             Ok(line) => line,
             Err(e) => {
                 self.broken = true;
-                let e = io::Error::new(e.kind(), format!("{command}: {e}"));
+                let e = command.io_error(&e);
                 return Err(Error::new(ErrorKind::Io(e), &self.server));
             }
         };

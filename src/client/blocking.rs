@@ -314,7 +314,7 @@ impl Connection {
             Ok(line) => line,
             Err(e) => {
                 self.break_connection();
-                let e = io::Error::new(e.kind(), format!("{command}: {e}"));
+                let e = command.io_error(&e);
                 return Err(Error::new(ErrorKind::Io(e), &self.server));
             }
         };

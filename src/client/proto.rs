@@ -168,6 +168,21 @@ impl Command<'_> {
         line.into_bytes()
     }
 
+    /// The text of an I/O error while this command was on the wire. A
+    /// daemon older than protocol version 2 answers the new commands by
+    /// closing the connection, so that case says so.
+    pub(crate) fn io_error(&self, e: &std::io::Error) -> std::io::Error {
+        let v2 = !matches!(self, Command::Lock { .. } | Command::Unlock { .. });
+        let hint = if v2 && e.kind() == std::io::ErrorKind::UnexpectedEof {
+            let word = self.to_string();
+            let word = word.split(' ').next().unwrap_or_default().to_owned();
+            format!(" (a daemon older than protocol version 2 closes the connection on `{word}`)")
+        } else {
+            String::new()
+        };
+        std::io::Error::new(e.kind(), format!("{self}: {e}{hint}"))
+    }
+
     /// How long the reply may take: the wait itself plus the I/O margin for
     /// `lock` and `acquire`, the I/O margin for the rest.
     pub(crate) fn reply_timeout(&self, io_timeout: Option<Duration>) -> Option<Duration> {
@@ -685,6 +700,25 @@ mod tests {
             assert_eq!(command.encode(), line.as_bytes());
         }
         assert_eq!(Command::Auth { secret: "hidden" }.to_string(), "auth");
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed");
+        let acquire = Command::Acquire {
+            key: "k",
+            timeout_ms: 5,
+            limit: 1,
+        };
+        assert_eq!(
+            acquire.io_error(&eof).to_string(),
+            "acquire k 5: closed (a daemon older than protocol version 2 closes the connection on `acquire`)"
+        );
+        assert_eq!(
+            Command::Lock {
+                key: "k",
+                timeout_ms: 5
+            }
+            .io_error(&eof)
+            .to_string(),
+            "lock k 5: closed"
+        );
         // The longest key with the longest timeout and limit fits the
         // daemon's default line limit exactly.
         let key = "k".repeat(MAX_KEY_BYTES);
