@@ -292,3 +292,44 @@ fn clients_and_guards_cross_threads() {
     send_sync::<dreadlock::client::LockGuard>();
     send_sync::<dreadlock::client::Error>();
 }
+
+#[test]
+fn idle_connections_kept_per_server_at_0_and_1() {
+    let lock_unlock = || vec![Some("l locked\r\n"), Some("u unlocked\r\n")];
+    // 0: every connection is closed once its lock is released.
+    let mut fake = Fake::start(vec![vec![], lock_unlock(), lock_unlock()]);
+    let options = Options {
+        max_idle_per_server: 0,
+        ..Options::default()
+    };
+    let c = Client::connect_with(&fake.server(), options).unwrap();
+    assert_eq!(fake.connection(0), "", "the first connection is not kept");
+    c.lock("a", SHORT).unwrap().unlock().unwrap();
+    assert_eq!(fake.connection(1), "lock a 50\r\nunlock a\r\n");
+    c.lock("b", SHORT).unwrap().unlock().unwrap();
+    assert_eq!(fake.connection(2), "lock b 50\r\nunlock b\r\n");
+
+    // 1: of two released at once, one is kept and serves the next lock.
+    let mut fake = Fake::start(vec![
+        vec![
+            Some("l locked\r\n"),
+            Some("u unlocked\r\n"),
+            Some("l locked\r\n"),
+        ],
+        lock_unlock(),
+    ]);
+    let options = Options {
+        max_idle_per_server: 1,
+        ..Options::default()
+    };
+    let c = Client::with_options([fake.server()], options).unwrap();
+    let a = c.lock("a", SHORT).unwrap();
+    let b = c.lock("b", SHORT).unwrap();
+    a.unlock().unwrap();
+    b.unlock().unwrap();
+    assert_eq!(fake.connection(1), "lock b 50\r\nunlock b\r\n");
+    let _c = c.lock("c", SHORT).unwrap();
+    assert!(!fake.has_ended(0));
+    drop((_c, c));
+    assert_eq!(fake.connection(0), "lock a 50\r\nunlock a\r\nlock c 50\r\n");
+}

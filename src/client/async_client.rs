@@ -271,7 +271,7 @@ impl AsyncClient {
     pub async fn connect_with(server: &str, options: Options) -> Result<AsyncClient, Error> {
         let client = AsyncClient::with_options([server], options)?;
         let conn = AsyncConnection::connect(server, &client.shared.options).await?;
-        client.shared.slots[0].idle().push(conn);
+        client.shared.give_back(0, conn);
         Ok(client)
     }
 

@@ -497,7 +497,7 @@ impl Client {
     pub fn connect_with(server: &str, options: Options) -> Result<Client, Error> {
         let client = Client::with_options([server], options)?;
         let conn = Connection::connect(server, &client.shared.options)?;
-        client.shared.slots[0].idle().push(conn);
+        client.shared.give_back(0, conn);
         Ok(client)
     }
 

@@ -55,14 +55,14 @@ pub enum ErrorKind {
     /// sent.
     InvalidArgument(ArgumentError),
     /// The daemon sent something that is not a reply to the command (a
-    /// protocol violation, or a daemon older than protocol version 2
-    /// answering a v2 command by closing). The connection was closed,
-    /// releasing its lock.
+    /// protocol violation). The connection was closed, releasing its lock.
     UnexpectedReply(String),
     /// Connecting, sending or receiving failed, or no reply came in time
     /// (`io::ErrorKind::TimedOut`; the daemon's own `t timeout` is
-    /// [`ErrorKind::Timeout`]). The connection was closed, so the daemon
-    /// releases the lock it held.
+    /// [`ErrorKind::Timeout`]), or the daemon closed the connection
+    /// (`UnexpectedEof`; a daemon older than protocol version 2 does so on
+    /// the new commands, and the message says it). The connection was
+    /// closed, so the daemon releases the lock it held.
     Io(io::Error),
     /// A client needs at least one server.
     NoServers,
