@@ -262,7 +262,7 @@ fn a_late_reply_does_not_cost_other_guards_their_locks() {
         vec![None],
     ]);
     let options = Options {
-        io_timeout: Some(Duration::from_millis(100)),
+        io_timeout: Some(Duration::from_secs(1)),
         ..Options::default()
     };
     let c = Client::with_options([fake.server()], options).unwrap();
@@ -390,7 +390,7 @@ fn threads_of_one_client_do_not_wait_for_each_other() {
         ],
     ]);
     let options = Options {
-        io_timeout: Some(Duration::from_millis(200)),
+        io_timeout: Some(Duration::from_secs(1)),
         ..Options::default()
     };
     let c = Client::connect_with(&fake.server(), options).unwrap();
