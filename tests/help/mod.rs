@@ -9,6 +9,9 @@
 /// `[possible values: ...]`, `[env: ...]` and `[aliases: ...]` notes.
 pub fn entries(help: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
+    // Whether indented text still belongs to the last entry: a heading
+    // (`Options:`, or the after-help's own sections) ends it.
+    let mut open = false;
     for line in help.lines() {
         let indent = line.len() - line.trim_start().len();
         let body = line.trim();
@@ -16,7 +19,9 @@ pub fn entries(help: &str) -> Vec<(String, String)> {
             continue;
         }
         let starts_arg = matches!(body.as_bytes()[0], b'-' | b'[' | b'<');
-        if (1..10).contains(&indent) && starts_arg {
+        if indent == 0 {
+            open = false;
+        } else if indent < 10 && starts_arg {
             // The text is on the same line when every argument's is short
             // (two or more spaces after the spec), else on the next lines.
             let (spec, text) = match body.split_once("  ") {
@@ -24,10 +29,11 @@ pub fn entries(help: &str) -> Vec<(String, String)> {
                 None => (body, String::new()),
             };
             out.push((spec.to_owned(), text));
-        } else if indent >= 10 {
-            let Some((_, text)) = out.last_mut() else {
-                continue;
-            };
+            open = true;
+        } else if indent < 10 {
+            open = false; // a subcommand or an after-help line
+        } else if open {
+            let text = &mut out.last_mut().expect("open means an entry").1;
             let note = ["[default: ", "[possible values: ", "[env: ", "[aliases: "]
                 .iter()
                 .any(|p| body.starts_with(p));
@@ -107,6 +113,10 @@ Options:
 
   -v, --verbose
           Log more
+
+Limits:
+  line length      --max-line-bytes
+                   (not the text of --verbose)
 ";
     let e = entries(help);
     assert_eq!(
