@@ -46,7 +46,8 @@ pub const DEFAULT_MAX_KEY_BYTES: usize = 256 << 20;
 
 /// Timeouts of at least this many milliseconds (about 2.1 years) never fire:
 /// they mean "wait until granted or disconnected" (PROTOCOL.md, rule 7).
-pub const INFINITE_TIMEOUT_MS: u64 = timer::MAX_TIMEOUT_MS - 1;
+pub const INFINITE_TIMEOUT_MS: u64 = wire::INFINITE_TIMEOUT_MS;
+const _: () = assert!(INFINITE_TIMEOUT_MS == timer::MAX_TIMEOUT_MS - 1);
 
 /// The core's limits; every one bounds something a client controls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

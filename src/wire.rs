@@ -13,6 +13,13 @@ pub const DEFAULT_PORT: u16 = 6001;
 /// commands into a 10,000-byte buffer, so a longer line could never parse.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 10_000;
 
+/// Timeouts of at least this many milliseconds (67,645,734,910 ms, about
+/// 2.1 years) never fire: they mean "wait until granted or disconnected"
+/// (PROTOCOL.md, rule 7). A client sends "forever" as this number; the
+/// daemon's timer wheel reaches exactly one millisecond further (the core
+/// checks that at compile time).
+pub const INFINITE_TIMEOUT_MS: u64 = 67_645_734_910;
+
 /// Largest semaphore size `acquire K T N` accepts (PROTOCOL.md, v2 rule 2);
 /// `N = 0` or larger is `e bad limit`.
 pub const MAX_LIMIT: u32 = 65_535;

@@ -1,10 +1,12 @@
-//! The client library against the real daemon (and, for what a daemon never
-//! does, against a scripted fake server).
+//! The blocking client against the real daemon (and, for what a daemon
+//! never does, against a scripted fake server). The protocol version 2
+//! commands are tested against the fake in `client_v2.rs`.
 
 mod common;
+mod fake;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::ErrorKind;
+use std::net::{TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
 use std::thread;
@@ -12,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, PROMPT};
 use dreadlock::client::{
-    Client, Connection, Error, KeyError, MAX_KEY_BYTES, Options, WAIT_FOREVER, pick_server,
+    Client, Connection, ErrorKind as Kind, ErrorReply, KeyError, MAX_KEY_BYTES, Options,
+    WAIT_FOREVER, pick_server,
 };
+use fake::Fake;
 
 const SHORT: Duration = Duration::from_millis(50);
 
@@ -95,26 +99,25 @@ fn timeout_is_not_a_server_error() {
 
     let start = Instant::now();
     match other.lock("res", Duration::from_millis(100)) {
-        Err(Error::Timeout) => {}
-        r => panic!("expected Error::Timeout, got {r:?}"),
+        Err(e) if e.is_timeout() => assert_eq!(e.server(), Some(&*d.addr.to_string())),
+        r => panic!("expected a timeout, got {r:?}"),
     }
     assert!(start.elapsed() >= Duration::from_millis(100));
     assert!(other.try_lock("res").unwrap().is_none());
 
-    // The daemon's `e ...` answers, message kept.
-    match holder.lock("res", SHORT) {
-        Err(Error::Server(msg)) => assert_eq!(msg, "already locked"),
-        r => panic!("expected Error::Server, got {r:?}"),
-    }
+    // The daemon's `e ...` answers, typed, naming the server.
     let mut conn = Connection::connect(&d.addr.to_string(), &Options::default()).unwrap();
-    match conn.unlock("res") {
-        Err(Error::Server(msg)) => assert_eq!(msg, "not owner"),
-        r => panic!("expected not owner, got {r:?}"),
-    }
-    match conn.unlock("nobody") {
-        Err(Error::Server(msg)) => assert_eq!(msg, "not locked"),
-        r => panic!("expected not locked, got {r:?}"),
-    }
+    conn.lock("mine", SHORT).unwrap();
+    let e = conn.lock("mine", SHORT).unwrap_err();
+    assert_eq!(e.reply(), Some(ErrorReply::AlreadyLocked), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!("{}: the server said: already locked", d.addr)
+    );
+    let e = conn.unlock("res").unwrap_err();
+    assert_eq!(e.reply(), Some(ErrorReply::NotOwner), "{e:?}");
+    let e = conn.unlock("nobody").unwrap_err();
+    assert_eq!(e.reply(), Some(ErrorReply::NotLocked), "{e:?}");
     // None of that broke anything: the holder's lock is still there.
     assert!(!is_free(&d, "res"));
     assert!(conn.ping().is_ok());
@@ -155,59 +158,10 @@ fn wait_forever_waits() {
     waiter.join().unwrap().unwrap();
 }
 
-/// A scripted server: for its n-th connection it answers the k-th command
-/// line with `script[n][k]`, closes the connection when the script runs out,
-/// and records every byte it received.
-struct FakeServer {
-    addr: SocketAddr,
-    received: mpsc::Receiver<Vec<u8>>,
-}
-
-impl FakeServer {
-    fn start(script: Vec<Vec<&'static [u8]>>) -> FakeServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, received) = mpsc::channel();
-        thread::spawn(move || {
-            for replies in script {
-                let Ok((mut s, _)) = listener.accept() else {
-                    return;
-                };
-                s.set_read_timeout(Some(PROMPT)).unwrap();
-                let mut replies = replies.into_iter();
-                let mut got = Vec::new();
-                let mut buf = [0u8; 1024];
-                'conn: loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            for &b in &buf[..n] {
-                                got.push(b);
-                                if b == b'\n' {
-                                    match replies.next() {
-                                        Some(reply) => s.write_all(reply).unwrap(),
-                                        None => break 'conn,
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                tx.send(got).unwrap();
-            }
-        });
-        FakeServer { addr, received }
-    }
-
-    fn next_connection_bytes(&self) -> Vec<u8> {
-        self.received.recv_timeout(PROMPT).expect("a connection")
-    }
-}
-
 #[test]
 fn invalid_keys_are_rejected_before_sending() {
-    let fake = FakeServer::start(vec![vec![]]);
-    let c = Client::connect(&fake.addr.to_string()).unwrap();
+    let mut fake = Fake::start(vec![vec![]]);
+    let c = Client::connect(&fake.server()).unwrap();
     let long = "k".repeat(MAX_KEY_BYTES + 1);
     let cases: [(&str, KeyError); 5] = [
         ("", KeyError::Empty),
@@ -241,32 +195,39 @@ fn invalid_keys_are_rejected_before_sending() {
         ),
     ];
     for (key, want) in cases {
-        match c.lock(key, SHORT) {
-            Err(Error::InvalidKey(e)) => assert_eq!(e, want),
+        match c.lock(key, SHORT).map_err(|e| e.into_kind()) {
+            Err(Kind::InvalidKey(e)) => assert_eq!(e, want),
             r => panic!("{key:?}: expected InvalidKey, got {r:?}"),
         }
-        assert!(matches!(c.try_lock(key), Err(Error::InvalidKey(_))));
+        assert!(matches!(
+            c.try_lock(key).map_err(|e| e.into_kind()),
+            Err(Kind::InvalidKey(_))
+        ));
+        assert!(matches!(
+            c.acquire(key, SHORT, 1).map_err(|e| e.into_kind()),
+            Err(Kind::InvalidKey(_))
+        ));
     }
     drop(c);
-    assert_eq!(fake.next_connection_bytes(), b"");
+    assert_eq!(fake.connection(0), "");
 }
 
 #[test]
 fn an_unexpected_reply_is_a_protocol_error_and_closes() {
-    let fake = FakeServer::start(vec![vec![b"u unlocked\r\n"], vec![b"hello\r\n"]]);
-    let c = Client::connect(&fake.addr.to_string()).unwrap();
-    match c.lock("a", SHORT) {
-        Err(Error::UnexpectedReply(line)) => assert_eq!(line, "u unlocked"),
+    let mut fake = Fake::start(vec![vec![Some("u unlocked\r\n")], vec![Some("hello\r\n")]]);
+    let c = Client::connect(&fake.server()).unwrap();
+    match c.lock("a", SHORT).map_err(|e| e.into_kind()) {
+        Err(Kind::UnexpectedReply(line)) => assert_eq!(line, "u unlocked"),
         r => panic!("expected UnexpectedReply, got {r:?}"),
     }
     // The client closed that connection rather than guess.
-    assert_eq!(fake.next_connection_bytes(), b"lock a 50\r\n");
+    assert_eq!(fake.connection(0), "lock a 50\r\n");
     // The next call opens a fresh connection.
-    match c.lock("b", SHORT) {
-        Err(Error::UnexpectedReply(line)) => assert_eq!(line, "hello"),
+    match c.lock("b", SHORT).map_err(|e| e.into_kind()) {
+        Err(Kind::UnexpectedReply(line)) => assert_eq!(line, "hello"),
         r => panic!("expected UnexpectedReply, got {r:?}"),
     }
-    assert_eq!(fake.next_connection_bytes(), b"lock b 50\r\n");
+    assert_eq!(fake.connection(1), "lock b 50\r\n");
 }
 
 #[test]
@@ -276,27 +237,106 @@ fn a_reply_that_never_comes_is_an_io_timeout() {
         io_timeout: Some(Duration::from_millis(100)),
         ..Options::default()
     };
-    let c = Client::connect_with(&listener.local_addr().unwrap().to_string(), options).unwrap();
-    match c.lock("a", Duration::from_millis(50)) {
-        Err(Error::Io(e)) => assert_eq!(e.kind(), ErrorKind::TimedOut),
-        r => panic!("expected an I/O timeout, got {r:?}"),
-    }
+    let server = listener.local_addr().unwrap().to_string();
+    let c = Client::connect_with(&server, options).unwrap();
+    let e = c.lock("a", Duration::from_millis(50)).unwrap_err();
+    assert_eq!(
+        e.io_error().map(|e| e.kind()),
+        Some(ErrorKind::TimedOut),
+        "{e:?}"
+    );
+    assert_eq!(e.server(), Some(&*server));
+    assert!(
+        e.to_string().starts_with(&format!("{server}: lock a 50: ")),
+        "{e}"
+    );
+}
+
+/// Regression: a late reply used to make the client close the one
+/// connection it shared among all guards of a server, silently releasing
+/// every other lock held there.
+#[test]
+fn a_late_reply_does_not_cost_other_guards_their_locks() {
+    let mut fake = Fake::start(vec![
+        vec![Some("l locked\r\n"), Some("u unlocked\r\n")],
+        vec![None],
+    ]);
+    let options = Options {
+        io_timeout: Some(Duration::from_secs(1)),
+        ..Options::default()
+    };
+    let c = Client::with_options([fake.server()], options).unwrap();
+    let a = c.lock("a", SHORT).unwrap();
+    let e = c.lock("b", SHORT).unwrap_err();
+    assert_eq!(
+        e.io_error().map(|e| e.kind()),
+        Some(ErrorKind::TimedOut),
+        "{e:?}"
+    );
+    // Only the late request's connection was closed.
+    assert_eq!(fake.connection(1), "lock b 50\r\n");
+    assert!(!fake.has_ended(0));
+    a.unlock().unwrap();
+    drop(c);
+    assert_eq!(fake.connection(0), "lock a 50\r\nunlock a\r\n");
 }
 
 #[test]
-fn broken_connection_reconnects_and_old_guards_go_inert() {
-    // First connection: grant, then close. Second: grant.
-    let fake = FakeServer::start(vec![vec![], vec![b"l locked\r\n", b"u unlocked\r\n"]]);
-    let c = Client::connect(&fake.addr.to_string()).unwrap();
-    match c.lock("a", SHORT) {
-        Err(Error::Io(e)) => assert_eq!(e.kind(), ErrorKind::UnexpectedEof),
-        r => panic!("expected EOF, got {r:?}"),
-    }
-    assert_eq!(fake.next_connection_bytes(), b"lock a 50\r\n");
+fn unlock_keeps_the_connection_and_drop_closes_it() {
+    let mut fake = Fake::start(vec![
+        vec![
+            Some("l locked\r\n"),
+            Some("u unlocked\r\n"),
+            Some("l locked\r\n"),
+        ],
+        vec![Some("l locked\r\n")],
+    ]);
+    let c = Client::new([fake.server()]).unwrap();
+    c.lock("a", SHORT).unwrap().unlock().unwrap();
     let g = c.lock("b", SHORT).unwrap();
+    assert_eq!(g.token(), None);
+    drop(g);
+    // Dropping sent nothing and closed the connection.
+    assert_eq!(fake.connection(0), "lock a 50\r\nunlock a\r\nlock b 50\r\n");
+    let _g = c.lock("c", SHORT).unwrap();
+    assert!(!fake.has_ended(1));
+}
+
+/// A daemon restarted on the same port: the pooled connection to the old
+/// one is dead, and the client notices before using it.
+#[test]
+fn an_idle_connection_the_daemon_closed_is_not_reused() {
+    let d = Daemon::start();
+    let port = d.addr.port().to_string();
+    let c = client(&d);
+    c.lock("a", SHORT).unwrap().unlock().unwrap();
+    drop(d);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dreadlock"));
+    cmd.args([&*port, "--bind", "127.0.0.1"]);
+    let d2 = Daemon::spawn(cmd);
+    let g = c.lock("b", SHORT).unwrap();
+    assert!(!is_free(&d2, "b"));
     g.unlock().unwrap();
+}
+
+#[test]
+fn broken_connection_fails_one_call_and_the_next_reconnects() {
+    // First connection: closed without a reply. Second: grant, unlock.
+    let mut fake = Fake::start(vec![
+        vec![Some("<hang up>")],
+        vec![Some("l locked\r\n"), Some("u unlocked\r\n")],
+    ]);
+    let c = Client::connect(&fake.server()).unwrap();
+    let e = c.lock("a", SHORT).unwrap_err();
+    assert_eq!(
+        e.io_error().map(|e| e.kind()),
+        Some(ErrorKind::UnexpectedEof),
+        "{e:?}"
+    );
+    assert_eq!(fake.connection(0), "lock a 50\r\n");
+    c.lock("b", SHORT).unwrap().unlock().unwrap();
     drop(c);
-    assert_eq!(fake.next_connection_bytes(), b"lock b 50\r\nunlock b\r\n");
+    assert_eq!(fake.connection(1), "lock b 50\r\nunlock b\r\n");
 }
 
 #[test]
@@ -305,25 +345,76 @@ fn daemon_gone_under_a_guard() {
     let c = client(&d);
     let dropped = c.lock("a", SHORT).unwrap();
     let explicit = c.lock("b", SHORT).unwrap();
-    drop(d); // SIGKILL: the connection is reset or closed.
-    // Dropping must not panic, and unlock reports the failure.
+    drop(d); // SIGKILL: the connections are reset or closed.
+    // Dropping must not panic, and unlock reports the loss.
     drop(dropped);
-    assert!(matches!(explicit.unlock(), Err(Error::Io(_))));
-    assert!(matches!(c.lock("c", SHORT), Err(Error::Io(_))));
+    let e = explicit.unlock().unwrap_err();
+    assert!(e.io_error().is_some(), "{e:?}");
+    assert!(c.lock("c", SHORT).unwrap_err().io_error().is_some());
 }
 
 #[test]
-fn guard_from_a_lost_connection_reports_the_loss() {
+fn drop_releases_at_once_to_a_waiter() {
     let d = Daemon::start();
-    let c = client(&d);
-    let a = c.lock("a", SHORT).unwrap();
-    drop(d);
-    // Another call notices the break first and discards the connection.
-    assert!(c.lock("b", SHORT).is_err());
-    match a.unlock() {
-        Err(Error::Io(e)) => assert_eq!(e.kind(), ErrorKind::NotConnected),
-        r => panic!("expected NotConnected, got {r:?}"),
-    }
+    let holder = client(&d);
+    let held = holder.lock("res", SHORT).unwrap();
+    let addr = d.addr.to_string();
+    let (tx, rx) = mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let c = Client::connect(&addr).unwrap();
+        tx.send(()).unwrap();
+        let start = Instant::now();
+        c.lock("res", Duration::from_secs(60))
+            .map(|_| start.elapsed())
+    });
+    rx.recv().unwrap();
+    // Whether the waiter is queued yet or not, it must get the lock long
+    // before its 60 s run out: dropping the guard closes its connection.
+    drop(held);
+    let waited = waiter.join().unwrap().unwrap();
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+}
+
+/// Regression: the guards of one server shared one connection, so while
+/// one thread waited for a contended lock, every other thread of the client
+/// waited behind it for that server.
+#[test]
+fn threads_of_one_client_do_not_wait_for_each_other() {
+    let mut fake = Fake::start(vec![
+        vec![None],
+        vec![
+            Some("l locked\r\n"),
+            Some("u unlocked\r\n"),
+            Some("l locked\r\n"),
+            Some("u unlocked\r\n"),
+        ],
+    ]);
+    let options = Options {
+        io_timeout: Some(Duration::from_secs(1)),
+        ..Options::default()
+    };
+    let c = Client::connect_with(&fake.server(), options).unwrap();
+    thread::scope(|s| {
+        let waiting = s.spawn(|| c.lock("busy", Duration::from_secs(3)));
+        // The contended lock is on the daemon (the fake never answers it).
+        fake.wait_received(0, "lock busy 3000\r\n");
+        for _ in 0..2 {
+            c.lock("free", SHORT).unwrap().unlock().unwrap();
+        }
+        // Done while the other thread still waits for its answer.
+        assert!(!waiting.is_finished());
+        let e = waiting.join().unwrap().unwrap_err();
+        assert_eq!(
+            e.io_error().map(|e| e.kind()),
+            Some(ErrorKind::TimedOut),
+            "{e:?}"
+        );
+    });
+    drop(c);
+    assert_eq!(
+        fake.connection(1),
+        "lock free 50\r\nunlock free\r\nlock free 50\r\nunlock free\r\n"
+    );
 }
 
 #[test]
@@ -332,17 +423,18 @@ fn nothing_listening_is_an_io_error() {
         .unwrap()
         .local_addr()
         .unwrap();
-    assert!(matches!(
-        Client::connect(&addr.to_string()),
-        Err(Error::Io(e)) if e.kind() == ErrorKind::ConnectionRefused
-    ));
+    let e = Client::connect(&addr.to_string()).unwrap_err();
+    assert_eq!(
+        e.io_error().map(|e| e.kind()),
+        Some(ErrorKind::ConnectionRefused)
+    );
+    assert!(e.to_string().starts_with(&addr.to_string()), "{e}");
     // A lazy client fails at the first lock instead.
     let lazy = Client::new([addr.to_string()]).unwrap();
-    assert!(matches!(lazy.lock("a", SHORT), Err(Error::Io(_))));
-    assert!(matches!(
-        Client::new(Vec::<String>::new()),
-        Err(Error::NoServers)
-    ));
+    assert!(lazy.lock("a", SHORT).unwrap_err().io_error().is_some());
+    let e = Client::new(Vec::<String>::new()).unwrap_err();
+    assert!(matches!(e.kind(), Kind::NoServers));
+    assert_eq!(e.server(), None);
 }
 
 /// The documented weight, written again from the spec, independently of
@@ -432,7 +524,7 @@ fn lazy_connections_open_per_server() {
         .map(|i| format!("k{i}"))
         .find(|k| c.server_for(k) == servers[1])
         .unwrap();
-    assert!(matches!(c.lock(&other, SHORT), Err(Error::Io(_))));
+    assert!(c.lock(&other, SHORT).unwrap_err().io_error().is_some());
     // The raw stream can be watched.
     let conn = Connection::connect(&servers[0], &Options::default()).unwrap();
     let _: &TcpStream = conn.tcp_stream();

@@ -3,6 +3,7 @@
 //! early, and it arrives within a generous bound.
 
 mod common;
+mod help;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -390,24 +391,25 @@ fn help_explains_every_flag() {
         .output()
         .unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
-    for flag in [
-        "--bind",
-        "--max-connections",
-        "--max-line-bytes",
-        "--max-pending-bytes",
-        "--max-output-bytes",
-        "--backlog",
-        "--busy-poll-us",
-        "--max-locks-per-connection",
-        "--max-key-bytes",
-        "--keepalive",
-        "--verbose",
-        "--quiet",
-        "--version",
-        "[PORT]",
-    ] {
-        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
-    }
+    help::assert_every_argument_explained(
+        &help,
+        &[
+            "--bind",
+            "--max-connections",
+            "--max-line-bytes",
+            "--max-pending-bytes",
+            "--max-output-bytes",
+            "--backlog",
+            "--busy-poll-us",
+            "--max-locks-per-connection",
+            "--max-key-bytes",
+            "--keepalive",
+            "--verbose",
+            "--quiet",
+            "--version",
+            "[PORT]",
+        ],
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use dreadlock::client::{self, Client, Connection, Error, Options, WAIT_FOREVER};
+use dreadlock::client::{self, Client, Connection, Options, WAIT_FOREVER};
 use rustix::process::{Pid, Signal, kill_process};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -241,7 +241,7 @@ fn lock(client: &Client, options: &Options, args: LockArgs) -> u8 {
     let timeout = args.timeout.map_or(WAIT_FOREVER, Duration::from_millis);
     match conn.lock(key, timeout) {
         Ok(()) => {}
-        Err(Error::Timeout) => {
+        Err(e) if e.is_timeout() => {
             if !args.quiet {
                 eprintln!(
                     "dreadlock-cli: lock {key} on {server} not granted within {} ms",
