@@ -9,7 +9,10 @@
 //! src/stats.rs     counters and duration histograms (stats, summary, /metrics)
 //! src/core.rs        sans-I/O protocol engine: bytes + clock in, replies out
 //! src/reactor.rs     single-threaded mio loop, slab of connections, buffers
-//! src/log.rs         stderr logging with a rate limit on client-caused warnings
+//! src/log.rs         stderr logging: timestamps, journal priorities, never blocks
+//! src/metrics.rs     Prometheus text format and the `stats` line from a snapshot
+//! src/admin.rs       the admin HTTP endpoint (/metrics, /healthz), sans-I/O + mio
+//! src/systemd.rs     readiness notification and socket activation
 //! src/main.rs        CLI, descriptor limit, signals; runs the reactor
 //! src/model.rs       reference models + checks shared by fuzz targets and tests
 //! src/wire.rs      reply bytes, limits and byte classes shared by client and daemon
@@ -19,6 +22,7 @@ pub mod client;
 pub mod core;
 pub mod lock_table;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod parser;
 pub mod reactor;

@@ -107,7 +107,14 @@ Examples:
 Signals: SIGINT/SIGTERM stop the daemon with a one-line summary on stderr.";
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let code = run(Args::parse());
+    // Lines are written by a background thread: give it a bounded time to
+    // finish (a wedged stderr cannot hold the exit).
+    dreadlock::log::flush(std::time::Duration::from_secs(2));
+    code
+}
+
+fn run(args: Args) -> ExitCode {
     let level = if args.quiet {
         Level::Quiet
     } else if args.verbose {
@@ -135,8 +142,8 @@ fn main() -> ExitCode {
         .max(1);
     let max_connections = args.max_connections.unwrap_or(fd_cap);
     if max_connections > fd_cap {
-        log.info(format_args!(
-            "warning: --max-connections {max_connections} exceeds the open-file limit ({nofile}); \
+        log.warn(format_args!(
+            "--max-connections {max_connections} exceeds the open-file limit ({nofile}); \
              accept will pause when descriptors run out"
         ));
     }
