@@ -18,6 +18,7 @@
 //! src/wire.rs      reply bytes, limits and byte classes shared by client and daemon
 //! src/client.rs      blocking client library: lock guards, rendezvous hashing
 //! ```
+pub mod admin;
 pub mod client;
 pub mod core;
 pub mod lock_table;
@@ -27,5 +28,6 @@ pub mod model;
 pub mod parser;
 pub mod reactor;
 pub mod stats;
+pub mod systemd;
 pub mod timer;
 pub mod wire;
