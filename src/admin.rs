@@ -563,6 +563,12 @@ impl AdminServer {
     /// Reads, feeds the exchange and writes until the socket would block or
     /// the exchange is done; bounded by the exchange's read limits.
     fn drive(&mut self, registry: &Registry, i: usize, now: Instant, metrics: &dyn Fn() -> String) {
+        let (open, stats) = (self.connections() as u64, self.stats);
+        let metrics = &|| {
+            let mut text = metrics();
+            crate::metrics::render_admin(&mut text, open, stats.accepted, stats.refused);
+            text
+        };
         let Some(slot) = self.slots[i].as_mut() else {
             return;
         };

@@ -21,6 +21,8 @@
 //! | `dreadlock_syntax_errors_total`, `_auth_failures_total` | counter | |
 //! | `dreadlock_disconnects_total`, `_evictions_total` | counter | |
 //! | `dreadlock_log_lines_dropped_total` | counter | |
+//! | `dreadlock_admin_connections` | gauge | |
+//! | `dreadlock_admin_connections_accepted_total`, `_refused_total` | counter | |
 //! | `dreadlock_wait_seconds` | histogram | `outcome`: `granted`, `timeout` |
 //! | `dreadlock_hold_seconds` | histogram | |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds` | | |
@@ -354,6 +356,30 @@ pub fn render(out: &mut String, snap: &Snapshot, process: Option<&Process>, vers
         );
         let _ = writeln!(out, "process_start_time_seconds {}", p.start_time_seconds);
     }
+}
+
+/// The admin endpoint's own figures, appended by the endpoint to what
+/// [`render`] wrote: open admin connections (this scrape's included), and
+/// those accepted and refused (over the cap or by the accept filter).
+pub fn render_admin(out: &mut String, open: u64, accepted: u64, refused: u64) {
+    gauge(
+        out,
+        "dreadlock_admin_connections",
+        "Open admin-endpoint connections (this scrape's included).",
+        open,
+    );
+    counter(
+        out,
+        "dreadlock_admin_connections_accepted_total",
+        "Admin-endpoint connections accepted.",
+        accepted,
+    );
+    counter(
+        out,
+        "dreadlock_admin_connections_refused_total",
+        "Admin-endpoint connections closed at accept (over the cap, or not allowed).",
+        refused,
+    );
 }
 
 /// The `stats` line: `name=value` pairs in [`STATS_FIELDS`] order.
@@ -693,7 +719,17 @@ mod tests {
     fn every_sample_belongs_to_a_documented_family() {
         let mut text = String::new();
         render(&mut text, &synthetic(), Some(&Process::default()), "0.1.0");
+        render_admin(&mut text, 1, 2, 3);
         let scrape = parse(&text);
+        assert_eq!(value(&scrape, "dreadlock_admin_connections", &[]), 1.0);
+        assert_eq!(
+            value(&scrape, "dreadlock_admin_connections_accepted_total", &[]),
+            2.0
+        );
+        assert_eq!(
+            value(&scrape, "dreadlock_admin_connections_refused_total", &[]),
+            3.0
+        );
         let mut types = std::collections::HashMap::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
