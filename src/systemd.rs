@@ -26,20 +26,20 @@ use std::os::unix::net::UnixDatagram;
 
 /// Sends `state` (`KEY=value` lines, e.g. `READY=1\nSTATUS=...`) to the
 /// service manager. Returns `Ok(false)` when there is none
-/// (`NOTIFY_SOCKET` unset).
+/// (`NOTIFY_SOCKET` unset or empty).
 ///
 /// # Errors
 ///
 /// When `NOTIFY_SOCKET` is set but the datagram cannot be sent.
 pub fn notify(state: &str) -> io::Result<bool> {
     match std::env::var_os("NOTIFY_SOCKET") {
-        Some(path) => {
+        Some(path) if !path.is_empty() => {
             let path = path.into_string().map_err(|_| {
                 io::Error::new(io::ErrorKind::InvalidInput, "NOTIFY_SOCKET is not UTF-8")
             })?;
             notify_to(&path, state).map(|()| true)
         }
-        None => Ok(false),
+        _ => Ok(false),
     }
 }
 

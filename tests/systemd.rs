@@ -74,6 +74,15 @@ fn an_unreachable_notify_socket_is_a_warning_not_a_failure() {
         err.contains("WARN cannot notify systemd (NOTIFY_SOCKET)"),
         "{err}"
     );
+    // Set but empty (as `systemd-socket-activate -E NOTIFY_SOCKET=` leaves
+    // it): no service manager, no warning.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dreadlock"));
+    cmd.args(["0", "--bind", "127.0.0.1"])
+        .env("NOTIFY_SOCKET", "");
+    let d = Daemon::spawn(cmd);
+    d.connect().call("lock a 0\r\n", "l locked\r\n");
+    let (_, err) = d.terminate();
+    assert!(!err.contains("cannot notify"), "{err}");
 }
 
 /// The daemon run on a passed listener, as systemd's socket activation
