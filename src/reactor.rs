@@ -319,6 +319,16 @@ impl Reactor {
         }
     }
 
+    /// The earliest deadline of the log's rate-limit window and of the
+    /// admin endpoint.
+    fn side_deadline(&self) -> Option<Instant> {
+        let admin = self.admin.as_ref().and_then(AdminServer::next_deadline);
+        match (admin, self.log.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn metrics_text(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         let process = crate::metrics::Process::read().ok();
@@ -424,11 +434,17 @@ impl Reactor {
             self.drain_outputs();
             self.flush();
             self.reap();
-            let now = Instant::now();
-            self.log.handle_timeout(now);
-            if let Some(mut admin) = self.admin.take() {
-                admin.handle_timeout(self.poll.registry(), now, &|| self.metrics_text());
-                self.admin = Some(admin);
+            // The log's and the admin endpoint's deadlines; the clock is
+            // read only while one is pending.
+            if let Some(due) = self.side_deadline() {
+                let now = Instant::now();
+                if due <= now {
+                    self.log.handle_timeout(now);
+                    if let Some(mut admin) = self.admin.take() {
+                        admin.handle_timeout(self.poll.registry(), now, &|| self.metrics_text());
+                        self.admin = Some(admin);
+                    }
+                }
             }
         }
         self.summary.core = self.core.stats();
@@ -499,16 +515,12 @@ impl Reactor {
         } else {
             next_us.map(|t| Duration::from_micros(t.saturating_sub(now_us)))
         };
-        let now = Instant::now();
-        let accept = [
-            self.accept_paused,
-            self.admin.as_ref().and_then(AdminServer::next_deadline),
-            self.log.poll_timeout(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|t| t.saturating_duration_since(now));
+        let accept = self
+            .accept_paused
+            .into_iter()
+            .chain(self.side_deadline())
+            .min()
+            .map(|t| t.saturating_duration_since(Instant::now()));
         match (timer, accept) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
