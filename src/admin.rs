@@ -44,6 +44,8 @@
 //! [`AdminServer::register`], [`AdminServer::handle_event`],
 //! [`AdminServer::next_deadline`] and [`AdminServer::handle_timeout`].
 
+#![warn(missing_docs)]
+
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
@@ -91,22 +93,31 @@ pub const TOKENS: usize = MAX_CONNECTIONS + 1;
 /// What a complete request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
+    /// `GET /metrics`.
     Metrics,
+    /// `GET /healthz`.
     Healthz,
 }
 
 /// The HTTP statuses the endpoint answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
+    /// 200.
     Ok,
+    /// 400: not an HTTP/1.x request.
     BadRequest,
+    /// 404: another path.
     NotFound,
+    /// 405: another method than `GET`.
     MethodNotAllowed,
+    /// 408: the head did not arrive within [`READ_TIMEOUT`].
     RequestTimeout,
+    /// 431: the head is over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`].
     HeadersTooLarge,
 }
 
 impl Status {
+    /// The status code.
     pub const fn code(self) -> u16 {
         match self {
             Status::Ok => 200,
@@ -118,6 +129,7 @@ impl Status {
         }
     }
 
+    /// The reason phrase.
     pub const fn reason(self) -> &'static str {
         match self {
             Status::Ok => "OK",
@@ -248,10 +260,12 @@ impl Exchange {
         }
     }
 
+    /// Where the exchange is.
     pub fn phase(&self) -> Phase {
         self.phase
     }
 
+    /// When [`Exchange::handle_timeout`] must be called.
     pub fn deadline(&self) -> Instant {
         self.deadline
     }
@@ -435,10 +449,12 @@ impl AdminServer {
         self.allow = Box::new(allow);
     }
 
+    /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
+    /// Its own counters.
     pub fn stats(&self) -> AdminStats {
         self.stats
     }

@@ -38,6 +38,8 @@
 //! <4>WARN syntax error from client 10.0.0.7:50312: ...
 //! ```
 
+#![warn(missing_docs)]
+
 use std::collections::VecDeque;
 use std::fmt::{Arguments, Write as _};
 use std::io::Write as _;
@@ -125,6 +127,7 @@ pub struct Log {
 }
 
 impl Log {
+    /// A handle that logs at `level`.
     pub fn new(level: Level) -> Self {
         Log {
             level,
@@ -134,6 +137,7 @@ impl Log {
         }
     }
 
+    /// An error: always logged, even with `--quiet`.
     pub fn error(&self, args: Arguments<'_>) {
         emit(Priority::Error, args);
     }
@@ -145,12 +149,14 @@ impl Log {
         }
     }
 
+    /// News: startup, shutdown, signals.
     pub fn info(&self, args: Arguments<'_>) {
         if self.level >= Level::Info {
             emit(Priority::Info, args);
         }
     }
 
+    /// Detail, only with `-v`.
     pub fn debug(&self, args: Arguments<'_>) {
         if self.level >= Level::Debug {
             emit(Priority::Debug, args);

@@ -37,6 +37,8 @@
 //! listing of `/proc/self/fd` (proportional to the open descriptors). The
 //! hot path only bumps counters in [`Stats`].
 
+#![warn(missing_docs)]
+
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -73,11 +75,17 @@ pub struct Snapshot {
 /// The standard `process_*` metrics, read from `/proc`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Process {
+    /// User and system CPU time.
     pub cpu_seconds: f64,
+    /// Resident set size.
     pub resident_memory_bytes: u64,
+    /// Virtual memory size.
     pub virtual_memory_bytes: u64,
+    /// Open file descriptors.
     pub open_fds: u64,
+    /// The open-file soft limit.
     pub max_fds: u64,
+    /// Start time, in seconds since the Unix epoch.
     pub start_time_seconds: f64,
 }
 

@@ -21,6 +21,8 @@
 //! close-on-exec. Because the socket outlives the daemon, connections that
 //! arrive during a restart wait in its backlog instead of being refused.
 
+#![warn(missing_docs)]
+
 use std::io;
 use std::os::unix::net::UnixDatagram;
 
