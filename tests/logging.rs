@@ -235,3 +235,32 @@ fn the_suppressed_count_is_reported_when_the_flood_ends() {
     let (_, err) = d.terminate();
     assert!(err.contains("stopped after"), "{err}");
 }
+
+#[test]
+fn sigusr1_logs_the_stats_line() {
+    let d = Daemon::start();
+    let mut c = d.connect();
+    c.call("lock a 0\r\n", "l locked\r\n");
+    let pid = d.pid().to_string();
+    std::process::Command::new("kill")
+        .args(["-USR1", &pid])
+        .status()
+        .unwrap();
+    let err = d.wait_stderr(" INFO stats version=");
+    let line = err.lines().find(|l| l.contains(" INFO stats ")).unwrap();
+    let fields: Vec<&str> = line
+        .split(" INFO stats ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .map(|kv| kv.split_once('=').expect("name=value").0)
+        .collect();
+    assert_eq!(fields, dreadlock::wire::STATS_FIELDS, "{line}");
+    assert!(
+        line.contains(" connections=1 keys=1 holders=1 waiters=0 "),
+        "{line}"
+    );
+    assert!(line.contains(" accepted=1 "), "{line}");
+    // The daemon carries on.
+    c.call("unlock a\r\n", "u unlocked\r\n");
+}
