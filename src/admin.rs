@@ -555,6 +555,9 @@ impl AdminServer {
                         continue;
                     }
                     self.stats.accepted += 1;
+                    // The deadline counts from this accept, not from the
+                    // event that started the burst.
+                    let now = Instant::now();
                     self.slots[i] = Some(Slot {
                         stream,
                         exchange: Exchange::new(now),

@@ -273,9 +273,15 @@ fn every_http_answer() {
 fn hostile_admin_clients_leave_the_lock_port_serving() {
     let (d, admin) = start(&[]);
     let mut probe = d.connect();
+    // No speed is asserted, only that the lock port keeps answering: within
+    // 2 s, a generous bound for a loopback round trip, and well under the
+    // admin read deadline (5 s) that a loop waiting on a slow admin client
+    // would wait out.
+    probe
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let round_trip = |probe: &mut common::Client| {
-        // The client's read timeout (5 s) is the only bound: no speed is
-        // asserted, only that the lock port keeps answering.
         probe.call("lock p 1000\r\n", "l locked\r\n");
         probe.call("unlock p\r\n", "u unlocked\r\n");
     };
@@ -306,7 +312,8 @@ fn hostile_admin_clients_leave_the_lock_port_serving() {
         &[],
     );
 
-    // Sixteen slowloris clients take every admin slot...
+    // Sixteen slowloris clients take every admin slot, and the lock port
+    // still serves while they hang on...
     let mut slow: Vec<TcpStream> = (0..16)
         .map(|_| {
             let mut s = admin_connect(admin);
@@ -314,18 +321,21 @@ fn hostile_admin_clients_leave_the_lock_port_serving() {
             s
         })
         .collect();
-    // ...the seventeenth is closed at once...
+    round_trip(&mut probe);
+    let mut other = d.connect();
+    other.call("lock q 0\r\n", "l locked\r\n");
+    // ...and a seventeenth is closed at once.
     let mut extra = admin_connect(admin);
+    extra
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let mut buf = [0u8; 16];
     match extra.read(&mut buf) {
         Ok(0) => {}
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         other => panic!("the 17th admin connection was not refused: {other:?}"),
     }
-    // ...and the lock port still serves while they hang on.
     round_trip(&mut probe);
-    let mut other = d.connect();
-    other.call("lock q 0\r\n", "l locked\r\n");
 
     // At the read deadline every slowloris gets 408 and the slots free up.
     for s in &mut slow {
