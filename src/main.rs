@@ -111,7 +111,8 @@ Examples:
   dreadlock 11066 --bind 127.0.0.1  local clients only, port 11066
   printf 'lock a 100\\r\\n' | nc 127.0.0.1 6001
 
-Signals: SIGINT/SIGTERM stop the daemon with a one-line summary on stderr.";
+Signals: SIGINT/SIGTERM stop the daemon with a one-line summary on stderr;
+SIGUSR1 logs a `stats` line.";
 
 fn main() -> ExitCode {
     let args = Args::parse();
