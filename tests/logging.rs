@@ -264,3 +264,27 @@ fn sigusr1_logs_the_stats_line() {
     // The daemon carries on.
     c.call("unlock a\r\n", "u unlocked\r\n");
 }
+
+/// At shutdown the count of the last rate-limit window still comes out:
+/// every warning is either printed or counted.
+#[test]
+fn no_warning_goes_uncounted_at_shutdown() {
+    let d = Daemon::start();
+    for _ in 0..200 {
+        syntax_error(d.addr);
+    }
+    // Usually well within the one-second window, so the count comes out
+    // at shutdown rather than at the window's end.
+    let (status, err) = d.terminate();
+    assert!(status.success());
+    let suppressed: u64 = err
+        .lines()
+        .filter_map(|l| l.split(" WARN ").nth(1))
+        .filter_map(|r| r.strip_suffix(" similar warnings suppressed"))
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
+    let printed = err.matches("syntax error from client").count() as u64;
+    assert_eq!(printed + suppressed, 200, "{err}");
+    let report = err.find("similar warnings suppressed").unwrap();
+    assert!(report < err.find("stopped after").unwrap(), "{err}");
+}
