@@ -97,7 +97,10 @@
 //! src/stats.rs       counters and duration histograms (stats, summary, /metrics)
 //! src/core.rs        sans-I/O protocol engine: bytes + clock in, replies out
 //! src/reactor.rs     single-threaded mio loop, slab of connections, buffers
-//! src/log.rs         stderr logging with a rate limit on client-caused warnings
+//! src/log.rs         stderr logging: timestamps, journal priorities, never blocks
+//! src/metrics.rs     Prometheus text format and the `stats` line from a snapshot
+//! src/admin.rs       the admin HTTP endpoint (/metrics, /healthz), sans-I/O + mio
+//! src/systemd.rs     readiness notification and socket activation
 //! src/main.rs        CLI, descriptor limit, signals; runs the reactor
 //! src/model.rs       reference models + checks shared by fuzz targets and tests
 //! src/wire.rs        reply bytes, limits and byte classes shared by client and daemon
@@ -114,6 +117,9 @@ pub mod wire;
 
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
+pub mod admin;
+#[cfg(feature = "daemon")]
+#[doc(hidden)]
 pub mod core;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
@@ -126,6 +132,9 @@ pub mod log;
 pub mod model;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
+pub mod metrics;
+#[cfg(feature = "daemon")]
+#[doc(hidden)]
 pub mod parser;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
@@ -133,6 +142,9 @@ pub mod reactor;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
 pub mod stats;
+#[cfg(feature = "daemon")]
+#[doc(hidden)]
+pub mod systemd;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
 pub mod timer;

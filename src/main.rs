@@ -86,6 +86,13 @@ struct Args {
     /// Log errors only (no startup line, warnings or summary).
     #[arg(short, long)]
     quiet: bool,
+
+    /// Serve the admin endpoint over HTTP on ADDR:PORT: `GET /metrics`
+    /// (Prometheus text format) and `GET /healthz`. Off by default. At most
+    /// 16 admin connections, a request head of at most 8 KiB, read within
+    /// 5 s; one request per connection. Bind it to a private address.
+    #[arg(long, value_name = "ADDR:PORT", env = "DREADLOCK_METRICS")]
+    metrics: Option<SocketAddr>,
 }
 
 const AFTER_HELP: &str = "\
@@ -104,10 +111,21 @@ Examples:
   dreadlock 11066 --bind 127.0.0.1  local clients only, port 11066
   printf 'lock a 100\\r\\n' | nc 127.0.0.1 6001
 
-Signals: SIGINT/SIGTERM stop the daemon with a one-line summary on stderr.";
+Signals: SIGINT/SIGTERM stop the daemon with a one-line summary on stderr;
+SIGUSR1 logs a `stats` line.";
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Before any thread starts: it edits the environment.
+    let activated = dreadlock::systemd::take_listener();
+    let code = run(args, activated);
+    // Lines are written by a background thread: give it a bounded time to
+    // finish (a wedged stderr cannot hold the exit).
+    dreadlock::log::flush(std::time::Duration::from_secs(2));
+    code
+}
+
+fn run(args: Args, activated: std::io::Result<Option<std::net::TcpListener>>) -> ExitCode {
     let level = if args.quiet {
         Level::Quiet
     } else if args.verbose {
@@ -135,8 +153,8 @@ fn main() -> ExitCode {
         .max(1);
     let max_connections = args.max_connections.unwrap_or(fd_cap);
     if max_connections > fd_cap {
-        log.info(format_args!(
-            "warning: --max-connections {max_connections} exceeds the open-file limit ({nofile}); \
+        log.warn(format_args!(
+            "--max-connections {max_connections} exceeds the open-file limit ({nofile}); \
              accept will pause when descriptors run out"
         ));
     }
@@ -155,7 +173,20 @@ fn main() -> ExitCode {
         keepalive: (args.keepalive > 0).then(|| std::time::Duration::from_secs(args.keepalive)),
     };
     let addr = SocketAddr::new(args.bind, args.port);
-    let reactor = match Reactor::bind(addr, config, log, true) {
+    // With socket activation the listener comes from systemd (PORT and
+    // --bind are then the socket unit's business).
+    let (bound, how) = match activated {
+        Ok(Some(listener)) => (
+            Reactor::from_listener(listener, config, log, true),
+            " (socket activation)",
+        ),
+        Ok(None) => (Reactor::bind(addr, config, log, true), ""),
+        Err(e) => {
+            Log::new(level).error(format_args!("cannot use the socket systemd passed: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut reactor = match bound {
         Ok(r) => r,
         Err(e) => {
             Log::new(level).error(format_args!("cannot listen on {addr}: {e}"));
@@ -163,13 +194,35 @@ fn main() -> ExitCode {
         }
     };
     let log = Log::new(level);
+    if let Some(metrics) = args.metrics {
+        let admin = dreadlock::admin::AdminServer::bind(metrics);
+        let local = admin.as_ref().map(|a| a.local_addr()).ok();
+        if let Err(e) = admin.and_then(|a| reactor.set_admin(a)) {
+            log.error(format_args!("cannot listen on {metrics} (--metrics): {e}"));
+            return ExitCode::FAILURE;
+        }
+        if let Some(local) = local {
+            log.info(format_args!(
+                "admin endpoint on http://{local}/metrics and /healthz"
+            ));
+        }
+    }
     log.info(format_args!(
-        "dreadlock {} listening on {} (max {} connections, open-file limit {nofile})",
+        "dreadlock {} listening on {}{how} (max {} connections, open-file limit {nofile})",
         env!("CARGO_PKG_VERSION"),
         reactor.local_addr(),
         max_connections,
     ));
-    match reactor.run() {
+    sd_notify(
+        &log,
+        &format!(
+            "READY=1\nSTATUS=listening on {}, max {max_connections} connections",
+            reactor.local_addr()
+        ),
+    );
+    let result = reactor.run();
+    sd_notify(&log, "STOPPING=1\nSTATUS=stopping");
+    match result {
         Ok(s) => {
             log.info(format_args!(
                 "stopped after {:.1}s: {} connections accepted (peak {}), {} commands, \
@@ -190,5 +243,13 @@ fn main() -> ExitCode {
             log.error(format_args!("event loop failed: {e}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Tells systemd (`Type=notify`) about the daemon's state; nothing without
+/// `NOTIFY_SOCKET`.
+fn sd_notify(log: &Log, state: &str) {
+    if let Err(e) = dreadlock::systemd::notify(state) {
+        log.warn(format_args!("cannot notify systemd (NOTIFY_SOCKET): {e}"));
     }
 }

@@ -45,6 +45,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::admin::AdminServer;
 use crate::core::{Core, Output};
 use crate::lock_table::ConnId;
 use crate::log::Log;
@@ -191,16 +192,35 @@ pub struct Reactor {
     spin: Spin,
     log: Log,
     summary: Summary,
+    /// The admin endpoint (`--metrics`), if enabled; its tokens start at
+    /// `ADMIN`.
+    admin: Option<AdminServer>,
 }
 
 const SIGNALS: Token = Token(usize::MAX - 3);
 const TIMER: Token = Token(usize::MAX - 4);
+/// First of the admin endpoint's `admin::TOKENS` tokens.
+const ADMIN: usize = usize::MAX - 5 - crate::admin::TOKENS;
 
 impl Reactor {
     /// Binds `addr` and prepares the loop. `signals`: whether SIGINT/SIGTERM
     /// stop the loop (the daemon) or are left alone (tests).
     pub fn bind(addr: SocketAddr, config: Config, log: Log, signals: bool) -> io::Result<Self> {
         let listener = listen(addr, config.backlog, config.keepalive)?;
+        Self::from_listener(listener, config, log, signals)
+    }
+
+    /// Prepares the loop on a socket that is already bound (and usually
+    /// listening), such as one passed by systemd's socket activation. It is
+    /// made non-blocking and given the options accepted connections inherit;
+    /// if it is not listening yet, it listens with `config.backlog`.
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        config: Config,
+        log: Log,
+        signals: bool,
+    ) -> io::Result<Self> {
+        inherited_options(&listener, config.backlog, config.keepalive)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(listener);
@@ -211,6 +231,7 @@ impl Reactor {
             let mut s = signal_hook_mio::v1_0::Signals::new([
                 signal_hook::consts::SIGINT,
                 signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGUSR1,
             ])?;
             poll.registry()
                 .register(&mut s, SIGNALS, Interest::READABLE)?;
@@ -255,7 +276,69 @@ impl Reactor {
             spin,
             log,
             summary: Summary::default(),
+            admin: None,
         })
+    }
+
+    /// Serves the admin endpoint from this loop.
+    ///
+    /// # Errors
+    ///
+    /// When its listener cannot be registered.
+    pub fn set_admin(&mut self, mut admin: AdminServer) -> io::Result<()> {
+        admin.register(self.poll.registry(), ADMIN)?;
+        self.admin = Some(admin);
+        Ok(())
+    }
+
+    /// The counters, gauges and histograms `/metrics` and SIGUSR1 report.
+    pub fn snapshot(&self) -> crate::metrics::Snapshot {
+        // The core's v1 counters, mapped where the meaning is exact; the
+        // rest of `stats::Stats` stays zero until the core counts into it.
+        let c = self.core.stats();
+        let mut stats = crate::stats::Stats {
+            timeouts: c.timeouts,
+            unlocks: c.unlocked,
+            syntax_errors: c.syntax_errors,
+            disconnects: c.disconnects,
+            ..Default::default()
+        };
+        stats.releases[crate::stats::ReleaseCause::Unlock as usize] = c.unlocked;
+        let keys = self.core.keys_held() as u64;
+        crate::metrics::Snapshot {
+            stats,
+            connections: self.core.connections() as u64,
+            keys,
+            // Exclusive locks: one holder per held key.
+            holders: keys,
+            waiters: self.core.waiters() as u64,
+            accepted: self.summary.accepted,
+            rejected: 0,
+            log_lines_dropped: crate::log::lines_dropped(),
+            uptime: self.start.elapsed(),
+        }
+    }
+
+    /// The earliest deadline of the log's rate-limit window and of the
+    /// admin endpoint.
+    fn side_deadline(&self) -> Option<Instant> {
+        let admin = self.admin.as_ref().and_then(AdminServer::next_deadline);
+        match (admin, self.log.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let process = crate::metrics::Process::read().ok();
+        crate::metrics::render(
+            &mut out,
+            &self.snapshot(),
+            process.as_ref(),
+            env!("CARGO_PKG_VERSION"),
+        );
+        out
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -302,6 +385,13 @@ impl Reactor {
                         }
                         self.timer_armed = None;
                     }
+                    t if self.admin.as_ref().is_some_and(|a| a.owns(t)) => {
+                        if let Some(mut admin) = self.admin.take() {
+                            let metrics = || self.metrics_text();
+                            admin.handle_event(self.poll.registry(), t, Instant::now(), &metrics);
+                            self.admin = Some(admin);
+                        }
+                    }
                     Token(c) => {
                         let Some(conn) = self.conns.get_mut(c) else {
                             continue;
@@ -344,6 +434,18 @@ impl Reactor {
             self.drain_outputs();
             self.flush();
             self.reap();
+            // The log's and the admin endpoint's deadlines; the clock is
+            // read only while one is pending.
+            if let Some(due) = self.side_deadline() {
+                let now = Instant::now();
+                if due <= now {
+                    self.log.handle_timeout(now);
+                    if let Some(mut admin) = self.admin.take() {
+                        admin.handle_timeout(self.poll.registry(), now, &|| self.metrics_text());
+                        self.admin = Some(admin);
+                    }
+                }
+            }
         }
         self.summary.core = self.core.stats();
         self.summary.uptime = self.start.elapsed();
@@ -382,7 +484,13 @@ impl Reactor {
             return false;
         };
         let mut stop = false;
-        for sig in signals.pending() {
+        let pending: Vec<i32> = signals.pending().collect();
+        for sig in pending {
+            if sig == signal_hook::consts::SIGUSR1 {
+                let line = crate::metrics::stats_line(&self.snapshot(), env!("CARGO_PKG_VERSION"));
+                self.log.info(format_args!("stats {line}"));
+                continue;
+            }
             self.log.info(format_args!(
                 "received {}, shutting down",
                 if sig == signal_hook::consts::SIGINT {
@@ -409,6 +517,9 @@ impl Reactor {
         };
         let accept = self
             .accept_paused
+            .into_iter()
+            .chain(self.side_deadline())
+            .min()
             .map(|t| t.saturating_duration_since(Instant::now()));
         match (timer, accept) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -783,6 +894,29 @@ fn listen(
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// Makes a listener from elsewhere (socket activation) like one `listen`
+/// made: non-blocking, listening, with the options accepted connections
+/// inherit.
+fn inherited_options(
+    listener: &std::net::TcpListener,
+    backlog: u32,
+    keepalive: Option<Duration>,
+) -> io::Result<()> {
+    let socket = socket2::SockRef::from(listener);
+    socket.set_tcp_nodelay(true)?;
+    if let Some(idle) = keepalive {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES);
+        socket.set_tcp_keepalive(&ka)?;
+    }
+    if !socket.is_listener()? {
+        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    }
+    socket.set_nonblocking(true)
 }
 
 #[cfg(test)]
