@@ -127,12 +127,12 @@ pub mod lock_table;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
 pub mod log;
-#[cfg(all(feature = "daemon", any(test, feature = "model")))]
-#[doc(hidden)]
-pub mod model;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
 pub mod metrics;
+#[cfg(all(feature = "daemon", any(test, feature = "model")))]
+#[doc(hidden)]
+pub mod model;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
 pub mod parser;
