@@ -168,7 +168,9 @@ fn a_scrape_after_a_known_run_shows_its_figures() {
     assert_eq!(value(&s, "dreadlock_disconnects_total", &[]), 0.0);
     assert_eq!(value(&s, "dreadlock_log_lines_dropped_total", &[]), 0.0);
     assert_eq!(value(&s, "dreadlock_admin_connections", &[]), 1.0);
-    assert!(value(&s, "dreadlock_admin_connections_accepted_total", &[]) >= 3.0);
+    // The first scrape and this one at least (scrape_until may have needed
+    // more tries).
+    assert!(value(&s, "dreadlock_admin_connections_accepted_total", &[]) >= 2.0);
 
     // Process metrics, from /proc.
     let nofile: f64 = d
