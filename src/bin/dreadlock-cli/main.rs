@@ -1,18 +1,35 @@
 //! `dreadlock-cli`: take a dreadlock lock from the shell and run a command
 //! while holding it (like `flock`, across machines).
 //!
-//! While the command runs, a watcher thread blocks on the lock's socket: the
-//! daemon sends nothing unasked, so anything that wakes it (EOF, an error, a
-//! keepalive failure) means the connection, and with it the lock, is gone.
-//! The command is then stopped (SIGTERM, SIGKILL after a grace period), so
-//! that it does not go on unprotected. The main thread owns the child and is
-//! the only one that signals or reaps it, so a signal never reaches a
-//! recycled pid.
+//! The rule it keeps: the command never runs on once the lock it was started
+//! under is gone.
+//!
+//! * While the command runs, a watcher thread blocks on the lock's socket:
+//!   the daemon sends nothing unasked, so anything that wakes it (EOF, an
+//!   error, a keepalive failure) means the connection, and with it the lock,
+//!   is gone. The command's whole tree is then stopped (SIGTERM, SIGKILL
+//!   after `--kill-grace`); see `tree.rs` for how the whole tree is reached.
+//! * A signal that would end this process (and release the lock) is caught
+//!   and forwarded to the command's tree instead (`signals.rs`).
+//! * If this process dies anyway (SIGKILL), the watchdog kills the command's
+//!   group (`watchdog.rs`).
+//! * What the command leaves running when it exits is stopped the same way
+//!   before the lock is released.
+//!
+//! The main thread is the only one that signals or reaps, so a signal never
+//! reaches a recycled pid.
+//!
+//! Subcommands are variants of `Cmd`, each run by a function of its own
+//! that returns the exit code.
+
+mod duration;
+mod signals;
+mod tree;
+mod watchdog;
 
 use std::ffi::OsString;
-use std::io::ErrorKind;
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitCode, ExitStatus};
+use std::io::{ErrorKind, Write as _};
+use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -21,9 +38,19 @@ use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use dreadlock::client::{self, Client, Connection, Error, Options, WAIT_FOREVER};
-use rustix::process::{Pid, Signal, kill_process};
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use rustix::process::{Signal, WaitStatus};
 use signal_hook::iterator::Signals;
+
+use duration::parse_duration;
+use tree::{SpawnError, Tree};
+
+/// Prints a line on stderr; a closed stderr is no reason to stop
+/// supervising (`eprintln!` would panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), "dreadlock-cli: {}", format_args!($($arg)*));
+    }};
+}
 
 /// Could not reach a server, or it answered with an error (EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: u8 = 69;
@@ -36,10 +63,6 @@ const EXIT_CANNOT_RUN: u8 = 126;
 /// The command was not found, as in shells.
 const EXIT_NOT_FOUND: u8 = 127;
 
-/// Signals passed on to the command. Each would otherwise end this process
-/// and so release the lock while the command still runs.
-const FORWARDED: [i32; 4] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT];
-
 /// How often the supervisor looks at the child when nothing happens (a
 /// SIGCHLD normally wakes it at once; this is only a safety net).
 const POLL: Duration = Duration::from_millis(100);
@@ -48,7 +71,7 @@ const POLL: Duration = Duration::from_millis(100);
 ///
 /// The lock lives on a dreadlock daemon, so it excludes commands on every
 /// machine that talks to the same daemon. It is released when the command
-/// ends, and also if this process dies.
+/// ends, and also if this process dies (the command is then killed).
 #[derive(clap::Parser, Debug)]
 #[command(version, about, long_about, after_help = AFTER_HELP)]
 struct Cli {
@@ -59,10 +82,11 @@ struct Cli {
     #[arg(short, long = "server", value_name = "HOST:PORT", global = true)]
     server: Vec<String>,
 
-    /// Give up connecting to a daemon after this many milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 5000, global = true,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    connect_timeout: u64,
+    /// Give up connecting to a daemon after this long: 250ms, 5s, 1m (a bare
+    /// number is milliseconds); not 0.
+    #[arg(long, value_name = "DURATION", default_value = "5s", global = true,
+          value_parser = parse_connect_timeout)]
+    connect_timeout: Duration,
 
     #[command(subcommand)]
     command: Cmd,
@@ -74,10 +98,21 @@ enum Cmd {
     ///
     /// Exits with COMMAND's exit code (128+N if a signal N killed it); see
     /// the exit codes below for what else can happen. COMMAND gets
-    /// DREADLOCK_KEY and DREADLOCK_SERVER in its environment. SIGINT,
-    /// SIGTERM, SIGHUP and SIGQUIT are forwarded to it. If the connection to
-    /// the daemon is lost while it runs, the lock is gone too: COMMAND gets
-    /// SIGTERM at once and SIGKILL after --kill-grace.
+    /// DREADLOCK_KEY and DREADLOCK_SERVER in its environment.
+    ///
+    /// COMMAND never runs on once the lock is gone. If the connection to the
+    /// daemon is lost, COMMAND and everything it started get SIGTERM at once
+    /// and SIGKILL after --kill-grace. Signals that would end dreadlock-cli
+    /// (INT, TERM, HUP, QUIT, USR1, USR2, ALRM, PIPE, ...) are forwarded to
+    /// COMMAND's process group instead, except those ignored when
+    /// dreadlock-cli started (nohup), which stay ignored. If dreadlock-cli is
+    /// killed anyway (SIGKILL), COMMAND's process group is killed too. What
+    /// COMMAND leaves running when it exits is stopped the same way before
+    /// the lock is released.
+    ///
+    /// At a terminal COMMAND runs in the foreground (it can read the
+    /// terminal, and one Ctrl-C reaches it once); Ctrl-Z stops it and
+    /// dreadlock-cli with it, `fg` and `bg` resume both.
     #[command(after_help = LOCK_AFTER_HELP)]
     Lock(LockArgs),
 
@@ -90,6 +125,14 @@ enum Cmd {
         #[arg(value_parser = parse_key)]
         key: String,
     },
+
+    /// Internal: the watchdog in the command's process group.
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog {
+        /// The process group to hand the terminal back to.
+        #[arg(long, value_name = "PGID")]
+        restore_pgrp: Option<i32>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,29 +141,47 @@ struct LockArgs {
     #[arg(value_parser = parse_key)]
     key: String,
 
-    /// Wait at most this many milliseconds for the lock; 0 tries once.
-    /// Default: wait until it is granted.
-    #[arg(short, long, value_name = "MS")]
-    timeout: Option<u64>,
+    /// Wait at most this long for the lock: 250ms, 10s, 1.5s, 2m, 1h (a
+    /// bare number is milliseconds); 0 tries once. Default: wait until it
+    /// is granted.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+
+    /// Do not wait: give up at once if the lock is held (--timeout 0).
+    #[arg(short, long, conflicts_with = "timeout")]
+    nonblock: bool,
 
     /// Exit code when the lock is not granted within --timeout.
     #[arg(short = 'E', long, value_name = "CODE", default_value_t = EXIT_CONFLICT)]
     conflict_exit_code: u8,
 
-    /// After the connection is lost: milliseconds between the SIGTERM and
-    /// the SIGKILL sent to COMMAND.
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
-    kill_grace: u64,
+    /// When COMMAND must stop (the lock was lost, or it left processes
+    /// running): how long between the SIGTERM and the SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    kill_grace: Duration,
 
     /// Say nothing when the lock is not granted in time (the exit code
     /// still tells).
     #[arg(short, long)]
     quiet: bool,
 
+    /// Run CMD with `sh -c CMD` instead of giving COMMAND.
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "CMD",
+        conflicts_with = "argv"
+    )]
+    shell_command: Option<OsString>,
+
     /// The command to run, and its arguments (after `--` if any of them
     /// starts with `-`).
-    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
-    command: Vec<OsString>,
+    #[arg(
+        required_unless_present = "shell_command",
+        trailing_var_arg = true,
+        value_name = "COMMAND"
+    )]
+    argv: Vec<OsString>,
 }
 
 /// The exit code table, shared by both help texts (`concat!` needs a
@@ -145,8 +206,8 @@ const AFTER_HELP: &str = concat!(
     "\
 Examples:
   dreadlock-cli lock backup -- rsync -a /srv/ backup:/srv/
-  dreadlock-cli --server locks.example.com:6001 lock --timeout 0 -E 0 nightly -- ./nightly.sh
-  DREADLOCK_SERVERS=10.0.0.1:6001,10.0.0.2:6001 dreadlock-cli lock cache -- ./rebuild
+  dreadlock-cli --server locks.example.com:6001 lock -n -E 0 nightly -- ./nightly.sh
+  DREADLOCK_SERVERS=10.0.0.1:6001,10.0.0.2:6001 dreadlock-cli lock cache -c './rebuild > log'
   dreadlock-cli ping
   dreadlock-cli --server a:6001 --server b:6001 which backup
 
@@ -160,8 +221,9 @@ ping exits 0 when every daemon answers, 69 otherwise."
 const LOCK_AFTER_HELP: &str = concat!(
     "\
 Examples:
-  dreadlock-cli lock backup -- sh -c 'pg_dump db > db.sql'
-  dreadlock-cli lock --timeout 0 --quiet nightly -- ./nightly.sh   # skip if running
+  dreadlock-cli lock backup -c 'pg_dump db > db.sql'
+  dreadlock-cli lock --nonblock --quiet nightly -- ./nightly.sh   # skip if running
+  dreadlock-cli lock --timeout 1.5s --kill-grace 30s deploy -- ./deploy.sh
 
 ",
     exit_codes!()
@@ -171,8 +233,21 @@ fn parse_key(key: &str) -> Result<String, client::KeyError> {
     client::validate_key(key).map(|()| key.to_owned())
 }
 
+fn parse_connect_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn main() -> ExitCode {
+    // Before anything installs a handler.
+    let ignored = signals::ignored_at_start();
     let cli = Cli::parse();
+    if let Cmd::Watchdog { restore_pgrp } = cli.command {
+        return ExitCode::from(watchdog::run(restore_pgrp));
+    }
     let servers = if !cli.server.is_empty() {
         cli.server
     } else {
@@ -187,23 +262,24 @@ fn main() -> ExitCode {
         }
     };
     let options = Options {
-        connect_timeout: Duration::from_millis(cli.connect_timeout),
+        connect_timeout: cli.connect_timeout,
         ..Options::default()
     };
     let client = match Client::with_options(servers, options.clone()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("dreadlock-cli: {e}");
+            say!("{e}");
             return ExitCode::from(2);
         }
     };
     ExitCode::from(match cli.command {
-        Cmd::Lock(args) => lock(&client, &options, args),
+        Cmd::Lock(args) => lock(&client, &options, args, ignored),
         Cmd::Ping => ping(&client, &options),
         Cmd::Which { key } => {
             println!("{}", client.server_for(&key));
             0
         }
+        Cmd::Watchdog { .. } => unreachable!("handled above"),
     })
 }
 
@@ -228,30 +304,34 @@ enum Event {
     Lost(String),
 }
 
-fn lock(client: &Client, options: &Options, args: LockArgs) -> u8 {
+fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 {
     let key = args.key.as_str();
     let server = client.server_for(key);
     let mut conn = match Connection::connect(server, options) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("dreadlock-cli: cannot connect to {server}: {e}");
+            say!("cannot connect to {server}: {e}");
             return EXIT_UNAVAILABLE;
         }
     };
-    let timeout = args.timeout.map_or(WAIT_FOREVER, Duration::from_millis);
-    match conn.lock(key, timeout) {
+    let timeout = if args.nonblock {
+        Some(Duration::ZERO)
+    } else {
+        args.timeout
+    };
+    match conn.lock(key, timeout.unwrap_or(WAIT_FOREVER)) {
         Ok(()) => {}
         Err(Error::Timeout) => {
             if !args.quiet {
-                eprintln!(
-                    "dreadlock-cli: lock {key} on {server} not granted within {} ms",
-                    args.timeout.unwrap_or_default()
+                say!(
+                    "lock {key} on {server} not granted within {} ms",
+                    timeout.unwrap_or_default().as_millis()
                 );
             }
             return args.conflict_exit_code;
         }
         Err(e) => {
-            eprintln!("dreadlock-cli: lock {key} on {server}: {e}");
+            say!("lock {key} on {server}: {e}");
             return EXIT_UNAVAILABLE;
         }
     }
@@ -260,10 +340,16 @@ fn lock(client: &Client, options: &Options, args: LockArgs) -> u8 {
     // process (and release the lock under a running command) before the
     // command exists; one that arrives early is forwarded once it does.
     let (tx, rx) = mpsc::channel();
-    let mut signals = match Signals::new(FORWARDED.iter().chain(&[SIGCHLD])) {
+    let caught: Vec<i32> = signals::FORWARDED
+        .iter()
+        .filter(|&&s| !signals::is_ignored(ignored, s))
+        .chain(&[Signal::CHILD, Signal::CONT])
+        .map(|s| s.as_raw())
+        .collect();
+    let mut signals = match Signals::new(&caught) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("dreadlock-cli: cannot install signal handlers: {e}");
+            say!("cannot install signal handlers: {e}");
             return EXIT_UNAVAILABLE;
         }
     };
@@ -277,78 +363,93 @@ fn lock(client: &Client, options: &Options, args: LockArgs) -> u8 {
     });
     let unlocking = Arc::new(AtomicBool::new(false));
     if let Err(e) = watch_connection(&conn, tx.clone(), unlocking.clone()) {
-        eprintln!("dreadlock-cli: cannot watch the connection to {server}: {e}");
+        say!("cannot watch the connection to {server}: {e}");
         return EXIT_UNAVAILABLE;
     }
 
-    let mut child = match Command::new(&args.command[0])
-        .args(&args.command[1..])
-        .env("DREADLOCK_KEY", key)
-        .env("DREADLOCK_SERVER", server)
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!(
-                "dreadlock-cli: cannot run {}: {e}",
-                args.command[0].to_string_lossy()
-            );
-            unlocking.store(true, Ordering::SeqCst);
-            let _ = conn.unlock(key);
-            return if e.kind() == ErrorKind::NotFound {
-                EXIT_NOT_FOUND
-            } else {
-                EXIT_CANNOT_RUN
-            };
+    let (mut command, name) = match &args.shell_command {
+        Some(line) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(line);
+            (c, OsString::from("sh"))
+        }
+        None => {
+            let mut c = Command::new(&args.argv[0]);
+            c.args(&args.argv[1..]);
+            (c, args.argv[0].clone())
         }
     };
-    let pid = Pid::from_child(&child);
-    let grace = Duration::from_millis(args.kill_grace);
+    command
+        .env("DREADLOCK_KEY", key)
+        .env("DREADLOCK_SERVER", server);
+    let mut tree = match Tree::spawn(&mut command) {
+        Ok(tree) => tree,
+        Err(e) => {
+            let code = match e {
+                SpawnError::Command(e) => {
+                    say!("cannot run {}: {e}", name.to_string_lossy());
+                    if e.kind() == ErrorKind::NotFound {
+                        EXIT_NOT_FOUND
+                    } else {
+                        EXIT_CANNOT_RUN
+                    }
+                }
+                SpawnError::Watchdog(e) => {
+                    say!("cannot start the watchdog (a copy of dreadlock-cli): {e}");
+                    EXIT_CANNOT_RUN
+                }
+            };
+            unlocking.store(true, Ordering::SeqCst);
+            let _ = conn.unlock(key);
+            return code;
+        }
+    };
 
+    let grace = args.kill_grace;
     let mut lost = false;
-    let mut kill_at: Option<Instant> = None;
-    let status: ExitStatus = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => {}
-            Err(e) => {
-                // Cannot happen for a child we own and have not reaped.
-                eprintln!("dreadlock-cli: cannot wait for the command: {e}");
-                let _ = child.kill();
-                return 1;
-            }
+    loop {
+        tree.reap();
+        tree.follow_a_stop();
+        if tree.leader_status().is_some() && !tree.is_stopping() && !tree.is_gone() {
+            say!(
+                "the command left processes running; stopping them before releasing the lock \
+                 on {key} (SIGTERM now, SIGKILL in {} ms)",
+                grace.as_millis()
+            );
+            tree.begin_stopping(grace);
         }
-        if kill_at.is_some_and(|t| Instant::now() >= t) {
-            // The child is not reaped yet, so `pid` is still ours.
-            let _ = child.kill();
-            kill_at = None;
+        tree.advance_stopping();
+        if tree.is_gone() {
+            break;
         }
-        let wait = kill_at.map_or(POLL, |t| {
+        let wait = tree.next_deadline().map_or(POLL, |t| {
             t.saturating_duration_since(Instant::now()).min(POLL)
         });
         match rx.recv_timeout(wait) {
-            Ok(Event::Signal(SIGCHLD)) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(Event::Signal(sig)) if sig == Signal::CHILD.as_raw() => {}
+            Ok(Event::Signal(sig)) if sig == Signal::CONT.as_raw() => tree.resume(),
             Ok(Event::Signal(sig)) => {
                 if let Some(sig) = Signal::from_named_raw(sig) {
-                    let _ = kill_process(pid, sig);
+                    tree.signal(sig);
                 }
             }
             Ok(Event::Lost(why)) => {
                 if !lost {
-                    eprintln!(
-                        "dreadlock-cli: connection to {server} lost ({why}), and the lock on \
-                         {key} with it: stopping the command (SIGTERM now, SIGKILL in {} ms)",
-                        args.kill_grace
+                    say!(
+                        "connection to {server} lost ({why}), and the lock on {key} with it: \
+                         stopping the command (SIGTERM now, SIGKILL in {} ms)",
+                        grace.as_millis()
                     );
-                    let _ = kill_process(pid, Signal::TERM);
-                    kill_at = Some(Instant::now() + grace);
+                    tree.begin_stopping(grace);
                     lost = true;
                 }
             }
             // `tx` is alive in this scope, so the channel never disconnects.
             Err(RecvTimeoutError::Disconnected) => thread::sleep(POLL),
         }
-    };
+    }
+    tree.finish();
 
     unlocking.store(true, Ordering::SeqCst);
     if lost {
@@ -358,17 +459,17 @@ fn lock(client: &Client, options: &Options, args: LockArgs) -> u8 {
     // command still ran: report it rather than claim the lock was held.
     while let Ok(event) = rx.try_recv() {
         if let Event::Lost(why) = event {
-            eprintln!(
-                "dreadlock-cli: connection to {server} lost ({why}), and the lock on {key} \
-                 with it, as the command ended"
+            say!(
+                "connection to {server} lost ({why}), and the lock on {key} with it, as the \
+                 command ended"
             );
             return EXIT_LOST;
         }
     }
     if let Err(e) = conn.unlock(key) {
-        eprintln!("dreadlock-cli: warning: unlock {key} on {server} after the command ended: {e}");
+        say!("warning: unlock {key} on {server} after the command ended: {e}");
     }
-    exit_code(status)
+    tree.leader_status().map_or(1, exit_code)
 }
 
 /// Starts a thread that reports when the lock's connection goes away.
@@ -405,8 +506,8 @@ fn watch_connection(
 }
 
 /// The command's exit code, or 128+N when signal N killed it (as shells do).
-fn exit_code(status: ExitStatus) -> u8 {
-    match (status.code(), status.signal()) {
+fn exit_code(status: WaitStatus) -> u8 {
+    match (status.exit_status(), status.terminating_signal()) {
         (Some(code), _) => code as u8,
         (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
         (None, None) => 1,
