@@ -67,6 +67,11 @@ const EXIT_NOT_FOUND: u8 = 127;
 /// SIGCHLD normally wakes it at once; this is only a safety net).
 const POLL: Duration = Duration::from_millis(100);
 
+/// How long processes the command left behind get to exit on their own
+/// before they count as left running: they often got the same signal as
+/// the command and are already on their way out.
+const SETTLE: Duration = Duration::from_millis(100);
+
 /// dreadlock-cli: take a dreadlock lock and run a command while holding it.
 ///
 /// The lock lives on a dreadlock daemon, so it excludes commands on every
@@ -407,22 +412,31 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
 
     let grace = args.kill_grace;
     let mut lost = false;
+    let mut settled_at: Option<Instant> = None;
     loop {
         tree.reap();
         tree.follow_a_stop();
         if tree.leader_status().is_some() && !tree.is_stopping() && !tree.is_gone() {
-            say!(
-                "the command left processes running; stopping them before releasing the lock \
-                 on {key} (SIGTERM now, SIGKILL in {} ms)",
-                grace.as_millis()
-            );
-            tree.begin_stopping(grace);
+            let due = *settled_at.get_or_insert_with(|| Instant::now() + SETTLE);
+            if Instant::now() >= due {
+                say!(
+                    "the command left processes running; stopping them before releasing the \
+                     lock on {key} (SIGTERM now, SIGKILL in {} ms)",
+                    grace.as_millis()
+                );
+                tree.begin_stopping(grace);
+            }
         }
         tree.advance_stopping();
         if tree.is_gone() {
             break;
         }
-        let wait = tree.next_deadline().map_or(POLL, |t| {
+        let settling = settled_at.filter(|_| !tree.is_stopping());
+        let deadline = match (tree.next_deadline(), settling) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let wait = deadline.map_or(POLL, |t| {
             t.saturating_duration_since(Instant::now()).min(POLL)
         });
         match rx.recv_timeout(wait) {
