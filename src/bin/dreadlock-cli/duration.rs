@@ -15,7 +15,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// Why a duration was refused; the `Display` text is what the user sees
-/// after clap's "invalid value '…' for '--timeout <DURATION>': ".
+/// after clap's `invalid value '…' for '--timeout <DURATION>': `.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DurationError {
     Empty,
