@@ -235,3 +235,29 @@ fn ctrl_z_and_fg() {
     assert_eq!(jobs, "stopped 148\nfg 0\n", "terminal:\n{}", pty.output());
     assert!(wait_within(&mut session, &pty).success());
 }
+
+/// With `stty tostop`, dreadlock-cli writing to the terminal while the
+/// command has it would be stopped by SIGTTOU, and leave the command
+/// running on a lost lock: its messages wait until the terminal is back.
+#[test]
+fn a_lost_lock_is_handled_under_stty_tostop() {
+    let d = Daemon::start();
+    let server = d.addr.to_string();
+    let dir = Scratch::new("tostop");
+    let pty = Pty::open();
+    let script = r#"set -m; stty tostop
+        "$CLI" --server "$1" lock k -- sh -c 'echo $$ > "$DIR/pid"; exec sleep 30'
+        echo "cli $?" > "$DIR/after""#;
+    let mut session = pty.spawn("sh", &["-c", script, "sh", &server], &dir);
+    let pid = dir.wait_for("pid", "", &pty);
+    drop(d);
+    let after = dir.wait_for("after", "cli", &pty);
+    assert_eq!(after, "cli 70\n", "terminal:\n{}", pty.output());
+    assert!(wait_within(&mut session, &pty).success());
+    let pid = pid.trim();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the command outlived its lock"
+    );
+    assert!(pty.output().contains("lost"), "terminal:\n{}", pty.output());
+}

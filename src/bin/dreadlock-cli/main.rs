@@ -372,6 +372,27 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
         return EXIT_UNAVAILABLE;
     }
 
+    // A signal or a loss that came while we got ready: the command has not
+    // started, so do not start it.
+    while let Ok(event) = rx.try_recv() {
+        let code = match event {
+            Event::Signal(sig) if sig == Signal::CHILD.as_raw() || sig == Signal::CONT.as_raw() => {
+                continue;
+            }
+            Event::Signal(sig) => {
+                say!("got signal {sig} before the command started; not starting it");
+                128u8.wrapping_add(sig as u8)
+            }
+            Event::Lost(why) => {
+                say!("connection to {server} lost ({why}) before the command started");
+                return EXIT_LOST;
+            }
+        };
+        unlocking.store(true, Ordering::SeqCst);
+        let _ = conn.unlock(key);
+        return code;
+    }
+
     let (mut command, name) = match &args.shell_command {
         Some(line) => {
             let mut c = Command::new("sh");
@@ -412,6 +433,7 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
 
     let grace = args.kill_grace;
     let mut lost = false;
+    let mut notes = Notes::default();
     let mut settled_at: Option<Instant> = None;
     loop {
         tree.reap();
@@ -419,12 +441,13 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
         if tree.leader_status().is_some() && !tree.is_stopping() && !tree.is_gone() {
             let due = *settled_at.get_or_insert_with(|| Instant::now() + SETTLE);
             if Instant::now() >= due {
-                say!(
+                tree.begin_stopping(grace);
+                let text = format!(
                     "the command left processes running; stopping them before releasing the \
                      lock on {key} (SIGTERM now, SIGKILL in {} ms)",
                     grace.as_millis()
                 );
-                tree.begin_stopping(grace);
+                notes.say(&tree, text);
             }
         }
         tree.advance_stopping();
@@ -450,13 +473,14 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
             }
             Ok(Event::Lost(why)) => {
                 if !lost {
-                    say!(
+                    tree.begin_stopping(grace);
+                    lost = true;
+                    let text = format!(
                         "connection to {server} lost ({why}), and the lock on {key} with it: \
                          stopping the command (SIGTERM now, SIGKILL in {} ms)",
                         grace.as_millis()
                     );
-                    tree.begin_stopping(grace);
-                    lost = true;
+                    notes.say(&tree, text);
                 }
             }
             // `tx` is alive in this scope, so the channel never disconnects.
@@ -464,6 +488,7 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
         }
     }
     tree.finish();
+    notes.flush();
 
     unlocking.store(true, Ordering::SeqCst);
     if lost {
@@ -484,6 +509,29 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
         say!("warning: unlock {key} on {server} after the command ended: {e}");
     }
     tree.leader_status().map_or(1, exit_code)
+}
+
+/// Messages from the supervisor loop. While the command's group has the
+/// terminal and `stty tostop` is set, writing to it would stop this process
+/// (SIGTTOU) and leave the command unsupervised: they wait until the
+/// terminal is back.
+#[derive(Default)]
+struct Notes(Vec<String>);
+
+impl Notes {
+    fn say(&mut self, tree: &Tree, text: String) {
+        if tree.terminal_is_lent() {
+            self.0.push(text);
+        } else {
+            say!("{text}");
+        }
+    }
+
+    fn flush(&mut self) {
+        for text in self.0.drain(..) {
+            say!("{text}");
+        }
+    }
 }
 
 /// Starts a thread that reports when the lock's connection goes away.

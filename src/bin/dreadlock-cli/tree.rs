@@ -48,7 +48,7 @@ use rustix::process::{
     Pid, Signal, WaitOptions, WaitStatus, getpgid, getpgrp, kill_current_process_group,
     kill_process, kill_process_group, waitpid,
 };
-use rustix::termios::{tcgetpgrp, tcsetpgrp};
+use rustix::termios::{LocalModes, tcgetattr, tcgetpgrp, tcsetpgrp};
 
 use crate::watchdog;
 
@@ -159,7 +159,8 @@ impl Tree {
         let mut launch = Command::new(own_exe());
         launch.arg0("dreadlock-cli");
         launch.arg(watchdog::SUBCOMMAND);
-        if foreground {
+        if terminal.is_some() {
+            // Even from the background: after `fg` we may lend it too.
             launch.args(["--restore-pgrp", &own_pgrp.as_raw_nonzero().to_string()]);
         }
         let mut child = launch
@@ -347,6 +348,15 @@ impl Tree {
             take_terminal(&mut self.terminal, self.pgid);
         }
         self.signal(Signal::CONT);
+    }
+
+    /// Whether writing to the terminal now could stop this process with
+    /// SIGTTOU: our group is not in its foreground and `stty tostop` is set.
+    pub fn terminal_is_lent(&self) -> bool {
+        self.terminal.as_ref().is_some_and(|t| {
+            !tcgetpgrp(&t.tty).is_ok_and(|fg| fg == self.own_pgrp)
+                && tcgetattr(&t.tty).is_ok_and(|a| a.local_modes.contains(LocalModes::TOSTOP))
+        })
     }
 
     /// Hands the terminal back, lets the watchdog go and reaps it. After
