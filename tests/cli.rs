@@ -704,3 +704,34 @@ fn nonblock_and_shell_command() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// The command may signal its whole group the moment it starts (here,
+/// over and over while the watchdog may still be starting up); the
+/// watchdog in that group must survive it to still do its job when
+/// dreadlock-cli is SIGKILLed afterwards.
+#[test]
+fn the_watchdog_survives_a_signal_to_the_group_at_once() {
+    let d = Daemon::start();
+    let server = d.addr.to_string();
+    let scratch = Scratch::new("early");
+    let pidfile = scratch.path("pid");
+    for _ in 0..3 {
+        let script = format!(
+            "trap '' USR1; i=0; while [ $i -lt 5000 ]; do kill -USR1 0; i=$((i+1)); done; \
+             echo $$ > {pidfile}; exec sleep 30"
+        );
+        let mut cli_run = cli(&server)
+            .args(["lock", "k", "--", "sh", "-c", &script])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let child = read_pid(&pidfile);
+        std::fs::remove_file(&pidfile).unwrap();
+        cli_run.kill().unwrap();
+        cli_run.wait().unwrap();
+        assert!(
+            gone_within_prompt(child),
+            "the command outlived a SIGKILLed dreadlock-cli"
+        );
+    }
+}

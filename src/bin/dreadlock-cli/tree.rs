@@ -38,7 +38,7 @@
 //! command if it has it itself, and continues the command's group.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, Command, Stdio};
 use std::thread;
@@ -166,7 +166,7 @@ impl Tree {
         let mut child = launch
             .process_group(0)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .map_err(SpawnError::Watchdog)?;
         let pgid = Pid::from_child(&child);
@@ -175,6 +175,18 @@ impl Tree {
             reaped: false,
             stdin: child.stdin.take(),
         };
+        // Until its handlers are in place, a signal to the group would kill
+        // it: the command starts only once it says it is ready.
+        let mut ready = [0u8; 1];
+        let answer = child
+            .stdout
+            .take()
+            .map(|mut out| out.read_exact(&mut ready));
+        if !matches!(answer, Some(Ok(()))) || ready[0] != watchdog::READY {
+            watchdog.finish();
+            let why = io::Error::other("it exited before it was ready");
+            return Err(SpawnError::Watchdog(why));
+        }
         if foreground {
             take_terminal(&mut terminal, pgid);
         }

@@ -21,6 +21,10 @@
 //! to `dreadlock-cli`'s group without SIGTTOU (which `dreadlock-cli` could
 //! only avoid by ignoring or blocking SIGTTOU, which needs `unsafe`).
 //!
+//! Once its handlers are in place it writes [`READY`] to its stdout (a
+//! pipe to `dreadlock-cli`), which waits for it before starting the
+//! command: a signal to the group before that would kill the watchdog.
+//!
 //! ```text
 //! stdin byte   meaning
 //! b'R'         hand the terminal back to --restore-pgrp (if our group has it)
@@ -42,6 +46,8 @@ use crate::signals::FORWARDED;
 pub const RESTORE: u8 = b'R';
 /// Exit normally.
 pub const QUIT: u8 = b'Q';
+/// Written to stdout once the watchdog survives the group's signals.
+pub const READY: u8 = b'k';
 
 /// The name of the hidden subcommand.
 pub const SUBCOMMAND: &str = "__watchdog";
@@ -66,6 +72,14 @@ pub fn run(restore_pgrp: Option<i32>) -> u8 {
         Some((tty, Pid::from_raw(pgrp)?))
     });
 
+    let mut stdout = std::io::stdout();
+    if stdout
+        .write_all(&[READY])
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        return 1;
+    }
     let mut stdin = std::io::stdin().lock();
     let mut byte = [0u8; 1];
     loop {
