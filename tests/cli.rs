@@ -3,6 +3,7 @@
 mod common;
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
@@ -150,6 +151,7 @@ fn help_shows_examples_and_exit_codes() {
             " 70 ",
             " 75 ",
             "--timeout",
+            "DURATION",
         ] {
             assert!(
                 text.contains(needle),
@@ -157,6 +159,20 @@ fn help_shows_examples_and_exit_codes() {
             );
         }
     }
+}
+
+/// The watchdog's "kill my group" must not hit the group of whoever runs
+/// the hidden subcommand by hand.
+#[test]
+fn the_watchdog_refuses_to_run_outside_a_group_of_its_own() {
+    // In a group of its own led by `sh`, so that a broken check kills no
+    // more than that group.
+    let out = run(Command::new("sh")
+        .args(["-c", "\"$0\" __watchdog; exit $?"])
+        .arg(env!("CARGO_BIN_EXE_dreadlock-cli"))
+        .process_group(0));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("internal"), "{}", stderr(&out));
 }
 
 #[test]

@@ -37,7 +37,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use rustix::process::{Pid, Signal, getpgrp, kill_current_process_group};
+use rustix::process::{Pid, Signal, getpgrp, getpid, kill_current_process_group};
 use rustix::termios::{tcgetpgrp, tcsetpgrp};
 
 use crate::signals::FORWARDED;
@@ -57,6 +57,15 @@ pub const SUBCOMMAND: &str = "__watchdog";
 const SURVIVED: [Signal; 3] = [Signal::TSTP, Signal::TTIN, Signal::TTOU];
 
 pub fn run(restore_pgrp: Option<i32>) -> u8 {
+    // dreadlock-cli starts it as the leader of a new group; anywhere else
+    // (typed at a prompt, say) "kill my group" would hit innocent processes.
+    if getpgrp() != getpid() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "dreadlock-cli: {SUBCOMMAND} is internal to `dreadlock-cli lock`"
+        );
+        return 2;
+    }
     // A handler (that only sets a flag) makes these signals harmless here;
     // the command, after exec, gets its own default dispositions back.
     let caught = Arc::new(AtomicBool::new(false));
