@@ -340,7 +340,22 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
             return EXIT_UNAVAILABLE;
         }
     }
+    run_holding(&mut conn, key, &args, ignored, |conn| conn.unlock(key))
+}
 
+/// Runs the command of `args` while `conn` holds the lock on `key`, and
+/// gives the lock back with `release` once nothing of the command is left
+/// (unless the connection, and so the lock, was lost). Returns the exit
+/// code. Other ways of taking a lock can share it: only `release` differs.
+fn run_holding(
+    conn: &mut Connection,
+    key: &str,
+    args: &LockArgs,
+    ignored: u64,
+    release: impl FnOnce(&mut Connection) -> Result<(), Error>,
+) -> u8 {
+    let server = conn.server().to_owned();
+    let server = server.as_str();
     // From here on the lock is held. Catch the signals that would end this
     // process (and release the lock under a running command) before the
     // command exists; one that arrives early is forwarded once it does.
@@ -367,7 +382,7 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
         }
     });
     let unlocking = Arc::new(AtomicBool::new(false));
-    if let Err(e) = watch_connection(&conn, tx.clone(), unlocking.clone()) {
+    if let Err(e) = watch_connection(conn, tx.clone(), unlocking.clone()) {
         say!("cannot watch the connection to {server}: {e}");
         return EXIT_UNAVAILABLE;
     }
@@ -389,7 +404,7 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
             }
         };
         unlocking.store(true, Ordering::SeqCst);
-        let _ = conn.unlock(key);
+        let _ = release(conn);
         return code;
     }
 
@@ -426,7 +441,7 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
                 }
             };
             unlocking.store(true, Ordering::SeqCst);
-            let _ = conn.unlock(key);
+            let _ = release(conn);
             return code;
         }
     };
@@ -505,7 +520,7 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
             return EXIT_LOST;
         }
     }
-    if let Err(e) = conn.unlock(key) {
+    if let Err(e) = release(conn) {
         say!("warning: unlock {key} on {server} after the command ended: {e}");
     }
     tree.leader_status().map_or(1, exit_code)
