@@ -152,10 +152,6 @@ impl Tree {
                 tty,
                 handed_over: false,
             });
-        let foreground = terminal
-            .as_ref()
-            .is_some_and(|t| tcgetpgrp(&t.tty).is_ok_and(|fg| fg == own_pgrp));
-
         let mut launch = Command::new(own_exe());
         launch.arg0("dreadlock-cli");
         launch.arg(watchdog::SUBCOMMAND);
@@ -187,9 +183,7 @@ impl Tree {
             let why = io::Error::other("it exited before it was ready");
             return Err(SpawnError::Watchdog(why));
         }
-        if foreground {
-            take_terminal(&mut terminal, pgid);
-        }
+        take_terminal(&mut terminal, own_pgrp, pgid);
         match command.process_group(pgid.as_raw_nonzero().get()).spawn() {
             Ok(leader) => Ok(Tree {
                 pgid,
@@ -352,12 +346,8 @@ impl Tree {
     /// We were continued (SIGCONT): if our group has the terminal (`fg`),
     /// hand it to the command's group again; continue the command.
     pub fn resume(&mut self) {
-        let foreground = self
-            .terminal
-            .as_ref()
-            .is_some_and(|t| tcgetpgrp(&t.tty).is_ok_and(|fg| fg == self.own_pgrp));
-        if foreground && self.stopping.is_none() {
-            take_terminal(&mut self.terminal, self.pgid);
+        if self.stopping.is_none() {
+            take_terminal(&mut self.terminal, self.own_pgrp, self.pgid);
         }
         self.signal(Signal::CONT);
     }
@@ -381,9 +371,16 @@ impl Tree {
 
 /// Makes `pgid` the terminal's foreground group; only called while our
 /// group is in the foreground (so no SIGTTOU).
-fn take_terminal(terminal: &mut Option<Terminal>, pgid: Pid) {
+/// Makes `pgid` the terminal's foreground group if `own_pgrp` (ours) has
+/// it. From the background, tcsetpgrp would stop us with SIGTTOU, so the
+/// check comes right before it: the window left is one system call wide
+/// (another process of our group taking the terminal in between, as
+/// parallel runs at one terminal could).
+fn take_terminal(terminal: &mut Option<Terminal>, own_pgrp: Pid, pgid: Pid) {
     if let Some(t) = terminal {
-        t.handed_over = tcsetpgrp(&t.tty, pgid).is_ok();
+        if tcgetpgrp(&t.tty).is_ok_and(|fg| fg == own_pgrp) {
+            t.handed_over = tcsetpgrp(&t.tty, pgid).is_ok();
+        }
     }
 }
 
