@@ -3,6 +3,7 @@
 mod common;
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
@@ -93,10 +94,42 @@ fn read_pid(file: &str) -> u32 {
     }
 }
 
-/// Whether `pid` still names a process (the CLI reaps its child, so a
-/// stopped child leaves no zombie behind).
+/// Whether `pid` still names a live process. A zombie counts as gone: a
+/// killed orphan waits for init (which may be slow to reap, or absent in a
+/// container) to be reaped.
 fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone; false if it still runs after `PROMPT`.
+fn gone_within_prompt(pid: u32) -> bool {
+    let end = Instant::now() + PROMPT;
+    while process_exists(pid) {
+        if Instant::now() > end {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Sends `signal` to `pid`; false if there was no such process.
+fn kill(signal: &str, pid: u32) -> bool {
+    Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
 }
 
 fn is_free(d: &Daemon, key: &str) -> bool {
@@ -118,6 +151,7 @@ fn help_shows_examples_and_exit_codes() {
             " 70 ",
             " 75 ",
             "--timeout",
+            "DURATION",
         ] {
             assert!(
                 text.contains(needle),
@@ -125,6 +159,20 @@ fn help_shows_examples_and_exit_codes() {
             );
         }
     }
+}
+
+/// The watchdog's "kill my group" must not hit the group of whoever runs
+/// the hidden subcommand by hand.
+#[test]
+fn the_watchdog_refuses_to_run_outside_a_group_of_its_own() {
+    // In a group of its own led by `sh`, so that a broken check kills no
+    // more than that group.
+    let out = run(Command::new("sh")
+        .args(["-c", "\"$0\" __watchdog; exit $?"])
+        .arg(env!("CARGO_BIN_EXE_dreadlock-cli"))
+        .process_group(0));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("internal"), "{}", stderr(&out));
 }
 
 #[test]
@@ -410,4 +458,296 @@ fn servers_from_the_environment() {
         String::from_utf8(out.stdout).unwrap(),
         format!("{}\n", d.addr)
     );
+}
+
+/// The issue's case: the command's own child outlived a lost lock. A
+/// grandchild that ignores SIGTERM is killed after the grace; one that
+/// does not goes at once. Either would write the marker once `go` exists.
+#[test]
+fn lost_lock_stops_grandchildren() {
+    for trap in ["", "trap \"\" TERM;"] {
+        let d = Daemon::start();
+        let server = d.addr.to_string();
+        let scratch = Scratch::new("grandchild");
+        let (inner, pidfile) = (scratch.path("inner"), scratch.path("pid"));
+        let (go, marker) = (scratch.path("go"), scratch.path("marker"));
+        let script = format!(
+            "sh -c '{trap} echo $$ > {inner}; while [ ! -e {go} ]; do sleep 0.01; done; \
+             touch {marker}' & echo $$ > {pidfile}; wait"
+        );
+        let mut cli_run = cli(&server)
+            .args([
+                "lock",
+                "k",
+                "--kill-grace",
+                "200",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (outer, grandchild) = (read_pid(&pidfile), read_pid(&inner));
+        drop(d);
+        assert_eq!(wait_within(&mut cli_run, PROMPT).code(), Some(70));
+        std::fs::write(&go, "").unwrap();
+        assert!(
+            gone_within_prompt(grandchild),
+            "the grandchild outlived the lock ({trap})"
+        );
+        assert!(!process_exists(outer));
+        assert!(
+            !Path::new(&marker).exists(),
+            "the grandchild ran on without the lock"
+        );
+    }
+}
+
+/// A descendant that left the command's process group (setsid) is
+/// re-parented to dreadlock-cli when its parent dies, and stopped too.
+#[test]
+fn lost_lock_stops_a_descendant_in_its_own_session() {
+    let d = Daemon::start();
+    let server = d.addr.to_string();
+    let scratch = Scratch::new("setsid");
+    let (inner, pidfile) = (scratch.path("inner"), scratch.path("pid"));
+    let script =
+        format!("setsid sh -c 'echo $$ > {inner}; exec sleep 30' & echo $$ > {pidfile}; wait");
+    let mut cli_run = cli(&server)
+        .args(["lock", "k", "--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (outer, escaped) = (read_pid(&pidfile), read_pid(&inner));
+    drop(d);
+    assert_eq!(wait_within(&mut cli_run, PROMPT).code(), Some(70));
+    assert!(!process_exists(outer));
+    assert!(
+        gone_within_prompt(escaped),
+        "a setsid descendant outlived the lock"
+    );
+}
+
+/// What the command leaves behind when it exits is stopped before the lock
+/// is released: dreadlock-cli reaped it, so it is gone when the CLI is.
+#[test]
+fn leftovers_are_stopped_before_the_lock_is_released() {
+    let d = Daemon::start();
+    let server = d.addr.to_string();
+    let scratch = Scratch::new("leftover");
+    let pidfile = scratch.path("pid");
+    let script = format!("sleep 30 & echo $! > {pidfile}; exit 4");
+    let out = run(cli(&server).args(["lock", "k", "--", "sh", "-c", &script]));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("left processes running"),
+        "{}",
+        stderr(&out)
+    );
+    let leftover = read_pid(&pidfile);
+    assert!(
+        !process_exists(leftover),
+        "the background job outlived the lock"
+    );
+    assert!(is_free(&d, "k"));
+}
+
+/// Under `nohup` (SIGHUP ignored at start) SIGHUP changes nothing: not for
+/// dreadlock-cli, which does not forward it, nor for the command, which
+/// inherits it ignored.
+#[test]
+fn sighup_ignored_at_start_stays_ignored() {
+    let d = Daemon::start();
+    let server = d.addr.to_string();
+    let scratch = Scratch::new("nohup");
+    let (pidfile, go) = (scratch.path("pid"), scratch.path("go"));
+    let command = format!("echo $$ > {pidfile}; while [ ! -e {go} ]; do sleep 0.01; done");
+    let mut cli_run = Command::new("sh")
+        .args(["-c", "trap '' HUP; exec \"$@\"", "sh"])
+        .arg(env!("CARGO_BIN_EXE_dreadlock-cli"))
+        .args(["--server", &server, "lock", "k", "--", "sh", "-c", &command])
+        .env_remove("DREADLOCK_SERVERS")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = read_pid(&pidfile);
+    // Both are alive (they wait for `go`), so both get it.
+    let sent = kill("HUP", child) && kill("HUP", cli_run.id());
+    std::fs::write(&go, "").unwrap();
+    let status = wait_within(&mut cli_run, PROMPT);
+    assert_eq!(status.code(), Some(0), "SIGHUP got through");
+    assert!(sent);
+    assert!(is_free(&d, "k"));
+}
+
+/// Signals that would end dreadlock-cli are forwarded to the command's
+/// group instead: dreadlock-cli exits with the command, nothing is left.
+#[test]
+fn deadly_signals_leave_no_orphan() {
+    let d = Daemon::start();
+    let server = d.addr.to_string();
+    let scratch = Scratch::new("deadly");
+    for (signal, number) in [("USR1", 10), ("USR2", 12), ("ALRM", 14), ("PIPE", 13)] {
+        let pidfile = scratch.path(signal);
+        let script = format!("sleep 30 & echo $! > {pidfile}; wait");
+        let mut cli_run = cli(&server)
+            .args(["lock", "k", "--", "sh", "-c", &script])
+            .spawn()
+            .unwrap();
+        let grandchild = read_pid(&pidfile);
+        assert!(kill(signal, cli_run.id()));
+        let status = wait_within(&mut cli_run, PROMPT);
+        let orphan = gone_within_prompt(grandchild);
+        assert!(
+            orphan,
+            "SIG{signal} left the command running without its lock"
+        );
+        assert_eq!(status.code(), Some(128 + number), "SIG{signal}");
+        assert!(is_free(&d, "k"));
+    }
+}
+
+/// SIGKILL cannot be caught: the watchdog in the command's group sees
+/// dreadlock-cli die and kills the group.
+#[test]
+fn sigkill_of_the_cli_leaves_no_orphan() {
+    let d = Daemon::start();
+    let server = d.addr.to_string();
+    let scratch = Scratch::new("sigkill");
+    let pidfile = scratch.path("pid");
+    let script = format!("sh -c 'trap \"\" TERM; exec sleep 30' & echo $! > {pidfile}; wait");
+    let mut cli_run = cli(&server)
+        .args(["lock", "k", "--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let grandchild = read_pid(&pidfile);
+    cli_run.kill().unwrap();
+    cli_run.wait().unwrap();
+    assert!(
+        gone_within_prompt(grandchild),
+        "the command outlived a SIGKILLed dreadlock-cli"
+    );
+    assert!(is_free(&d, "k"));
+}
+
+#[test]
+fn every_duration_form() {
+    let d = Daemon::start();
+    let server = d.addr.to_string();
+    let mut holder = d.connect();
+    holder.call("lock busy 0\r\n", "l locked\r\n");
+    // Waits that run out, and the milliseconds they came to.
+    for (timeout, ms) in [("0", 0), ("250", 250), ("250ms", 250), ("0.3s", 300)] {
+        let out = run(cli(&server).args(["lock", "busy", "--timeout", timeout, "--", "true"]));
+        assert_eq!(
+            out.status.code(),
+            Some(75),
+            "--timeout {timeout}: {}",
+            stderr(&out)
+        );
+        let said = format!("not granted within {ms} ms");
+        assert!(
+            stderr(&out).contains(&said),
+            "--timeout {timeout}: {}",
+            stderr(&out)
+        );
+    }
+    // Long ones, on a free key, for both options.
+    for value in ["0", "250ms", "10s", "1.5s", "2m", "1h", "7"] {
+        for option in ["--timeout", "--kill-grace"] {
+            let out = run(cli(&server).args(["lock", "free", option, value, "--", "true"]));
+            assert!(out.status.success(), "{option} {value}: {}", stderr(&out));
+        }
+    }
+    let out = run(cli(&server).args(["--connect-timeout", "2s", "lock", "free", "true"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (option, value) in [
+        ("--timeout", "soon"),
+        ("--timeout", "10x"),
+        ("--timeout", "1.5ms"),
+        ("--timeout", "+1"),
+        ("--timeout", ""),
+        ("--kill-grace", "5 s"),
+        ("--kill-grace", "99999999999999999999h"),
+    ] {
+        let out = run(cli(&server).args(["lock", "free", option, value, "--", "true"]));
+        assert_eq!(out.status.code(), Some(2), "{option} {value:?}");
+        assert!(
+            stderr(&out).contains("250ms, 10s, 1.5s, 2m, 1h"),
+            "{option} {value:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = run(cli(&server).args(["--connect-timeout", "0", "lock", "free", "true"]));
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn nonblock_and_shell_command() {
+    let d = Daemon::start();
+    let server = d.addr.to_string();
+    let mut holder = d.connect();
+    holder.call("lock busy 0\r\n", "l locked\r\n");
+    for flag in ["-n", "--nonblock"] {
+        let out = run(cli(&server).args(["lock", "busy", flag, "--", "true"]));
+        assert_eq!(out.status.code(), Some(75), "{flag}: {}", stderr(&out));
+        assert!(stderr(&out).contains("within 0 ms"), "{}", stderr(&out));
+    }
+    let out = run(cli(&server).args(["lock", "busy", "-n", "-E", "0", "-q", "true"]));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stderr(&out), "");
+
+    for flag in ["-c", "--command"] {
+        let out = run(cli(&server).args([
+            "lock",
+            "k",
+            flag,
+            "echo \"$DREADLOCK_KEY\" | tr k K; exit 3",
+        ]));
+        assert_eq!(out.status.code(), Some(3), "{flag}: {}", stderr(&out));
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "K\n");
+    }
+    assert!(is_free(&d, "k"));
+    for args in [
+        &["lock", "k", "-n", "-t", "5", "--", "true"][..],
+        &["lock", "k", "-c", "true", "--", "true"],
+        &["lock", "k", "-c"],
+    ] {
+        let out = run(cli(&server).args(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// The command may signal its whole group the moment it starts (here,
+/// over and over while the watchdog may still be starting up); the
+/// watchdog in that group must survive it to still do its job when
+/// dreadlock-cli is SIGKILLed afterwards.
+#[test]
+fn the_watchdog_survives_a_signal_to_the_group_at_once() {
+    let d = Daemon::start();
+    let server = d.addr.to_string();
+    let scratch = Scratch::new("early");
+    let pidfile = scratch.path("pid");
+    for _ in 0..3 {
+        let script = format!(
+            "trap '' USR1; i=0; while [ $i -lt 5000 ]; do kill -USR1 0; i=$((i+1)); done; \
+             echo $$ > {pidfile}; exec sleep 30"
+        );
+        let mut cli_run = cli(&server)
+            .args(["lock", "k", "--", "sh", "-c", &script])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let child = read_pid(&pidfile);
+        std::fs::remove_file(&pidfile).unwrap();
+        cli_run.kill().unwrap();
+        cli_run.wait().unwrap();
+        assert!(
+            gone_within_prompt(child),
+            "the command outlived a SIGKILLed dreadlock-cli"
+        );
+    }
 }
