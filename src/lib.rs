@@ -10,11 +10,13 @@
 //! src/core.rs        sans-I/O protocol engine: bytes + clock in, replies out
 //! src/reactor.rs     single-threaded mio loop, slab of connections, buffers
 //! src/log.rs         stderr logging with a rate limit on client-caused warnings
+//! src/allow.rs       --allow CIDR: which peers may connect (pure, unit-tested)
 //! src/main.rs        CLI, descriptor limit, signals; runs the reactor
 //! src/model.rs       reference models + checks shared by fuzz targets and tests
 //! src/wire.rs      reply bytes, limits and byte classes shared by client and daemon
 //! src/client.rs      blocking client library: lock guards, rendezvous hashing
 //! ```
+pub mod allow;
 pub mod client;
 pub mod core;
 pub mod lock_table;

@@ -98,6 +98,8 @@ pub struct Config {
     /// Longest busy-poll before blocking in epoll (zero: never spin); the
     /// loop spins only while spinning finds events (see the private `Spin`).
     pub busy_poll: Duration,
+    /// Peers that may connect (`--allow`); others are closed at accept.
+    pub allow: crate::allow::AllowList,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             backlog: DEFAULT_BACKLOG,
             keepalive: Some(DEFAULT_KEEPALIVE),
             busy_poll: DEFAULT_BUSY_POLL,
+            allow: crate::allow::AllowList::default(),
         }
     }
 }
@@ -470,6 +473,11 @@ impl Reactor {
                 return;
             }
             match self.listener.accept() {
+                Ok((_, peer)) if !self.config.allow.allows(peer.ip()) => {
+                    self.core.note_rejected();
+                    self.log
+                        .debug(format_args!("rejected {peer} (not in --allow)"));
+                }
                 Ok((stream, peer)) => self.add(stream, peer),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -514,7 +522,7 @@ impl Reactor {
             dirty: false,
             dead: false,
         });
-        self.core.handle_open(ConnId(c));
+        self.core.handle_open(ConnId(c), Some(peer));
         self.summary.accepted += 1;
         self.summary.peak_connections = self.summary.peak_connections.max(self.conns.len());
         self.log.debug(format_args!("connection from {peer}"));
@@ -599,7 +607,7 @@ impl Reactor {
             match out {
                 Output::Reply(ConnId(c), reply) => {
                     let conn = &mut self.conns[c];
-                    conn.out.extend_from_slice(reply.as_bytes());
+                    reply.encode(&mut conn.out);
                     if !conn.dirty {
                         conn.dirty = true;
                         self.dirty.push(c);
@@ -608,7 +616,8 @@ impl Reactor {
                 Output::Close(ConnId(c), err) => {
                     let conn = &mut self.conns[c];
                     self.log.warn_limited(format_args!(
-                        "syntax error from client {}: {err}; dropping connection",
+                        "{} from client {}: {err}; dropping connection",
+                        err.label(),
                         conn.peer
                     ));
                     conn.dead = true;
