@@ -1837,12 +1837,16 @@ pub fn check_core(data: &[u8]) {
         let conn = usize::from(op >> 4 & 7);
         let flag = op & 0x80 != 0;
         match op & 0x0f {
-            0 if !h.is_open(conn) => h.open(conn),
-            // On an open connection: a version 2 command; flag: split it.
-            0 => {
+            // A version 2 command (opening the connection if needed).
+            0 if flag => {
                 let arg = b.u8();
                 let text = v2_command_text(arg, b.u8());
-                send_maybe_split(&mut h, &mut b, conn, &text, flag);
+                h.send(conn, &text);
+            }
+            0 => {
+                if !h.is_open(conn) {
+                    h.open(conn)
+                }
             }
             // lock KEY TIMEOUT; flag: split at a drawn point.
             1 | 2 => {
