@@ -61,7 +61,7 @@ pub const INFINITE_TIMEOUT_MS: u64 = timer::MAX_TIMEOUT_MS - 1;
 /// (it is a timer).
 pub const DEFAULT_AUTH_DELAY_MS: u64 = 100;
 
-/// Shortest auth failure delay (PROTOCOL.md rule V8); smaller configured
+/// Shortest auth failure delay (PROTOCOL.md rule V4); smaller configured
 /// values are raised to it.
 pub const MIN_AUTH_DELAY_MS: u64 = 50;
 
@@ -125,7 +125,7 @@ pub struct Config {
     /// The first fencing token; the daemon passes the wall clock's
     /// nanoseconds since the Unix epoch at start (raised to at least 1).
     pub token_seed: u64,
-    /// With a secret, every connection must `auth` first (PROTOCOL.md V8).
+    /// With a secret, every connection must `auth` first (PROTOCOL.md V4).
     pub auth: Option<Secret>,
     /// Delay before `e auth failed`, at least [`MIN_AUTH_DELAY_MS`].
     pub auth_delay_ms: u64,

@@ -1,7 +1,7 @@
 //! The lock table: key -> holders + FIFO queue of waiters. A pure data
 //! structure: no clock read, no I/O, no replies.
 //!
-//! Every key has a fixed limit N (PROTOCOL.md rule V3): up to N connections
+//! Every key has a fixed limit N (PROTOCOL.md rule V2): up to N connections
 //! hold it at once; `lock` is the exclusive case N = 1. N is set by the
 //! request that creates the key and cannot change while the key exists.
 //!

@@ -187,7 +187,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // Fencing tokens start at the wall clock's nanoseconds, so a restarted
-    // daemon issues larger tokens than before (PROTOCOL.md rule V2).
+    // daemon issues larger tokens than before (PROTOCOL.md rule V1).
     let token_seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));

@@ -1378,7 +1378,7 @@ impl CoreHarness {
         self.expect(conn, Out::Reply(reply));
     }
 
-    /// The model's `info` line (PROTOCOL.md rule V5).
+    /// The model's `info` line (PROTOCOL.md rule V8).
     fn info_line(&self, key: &[u8]) -> Vec<u8> {
         let mut s = match self.keys.get(key) {
             None => "i limit=0 holders=0 waiters=0".to_string(),
