@@ -30,8 +30,8 @@
 //! panic or wrap.
 //!
 //! The lengths of a label and a secret are not grammar: a label over
-//! [`MAX_LABEL_BYTES`](crate::wire::MAX_LABEL_BYTES) is `e name too long` and
-//! a secret over [`MAX_SECRET_BYTES`](crate::wire::MAX_SECRET_BYTES) is
+//! [`MAX_LABEL_BYTES`] is `e name too long` and
+//! a secret over [`MAX_SECRET_BYTES`] is
 //! `e auth failed` (PROTOCOL.md, rules V3, V4 and V6). The parser keeps at most
 //! that many bytes of either and reports the rest only as `too_long`, so
 //! what it buffers stays bounded; the line limit still applies to the whole
