@@ -306,3 +306,59 @@ fn exposure_warning(bind: IpAddr, auth: bool, allow: &[dreadlock::allow::Cidr]) 
          --auth-file FILE"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposure_warning_only_beyond_loopback_without_auth() {
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        let w = exposure_warning(any, false, &[]).expect("a warning");
+        assert!(w.contains("any host that can reach it"), "{w}");
+        assert!(
+            w.contains("--bind 127.0.0.1") && w.contains("--allow") && w.contains("--auth-file")
+        );
+        assert!(!w.contains('\n'), "one line");
+        assert_eq!(exposure_warning(any, true, &[]), None);
+        assert_eq!(
+            exposure_warning("127.0.0.1".parse().unwrap(), false, &[]),
+            None
+        );
+        assert_eq!(exposure_warning("::1".parse().unwrap(), false, &[]), None);
+        let nets = ["10.0.0.0/8".parse().unwrap()];
+        let w = exposure_warning("::".parse().unwrap(), false, &nets).expect("a warning");
+        assert!(w.contains("any host in 10.0.0.0/8"), "{w}");
+    }
+
+    #[test]
+    fn read_secret_strips_one_newline_and_validates() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir();
+        let log = Log::new(Level::Quiet);
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.join(format!("dreadlock-main-{}-{name}", std::process::id()));
+            std::fs::write(&p, bytes).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        };
+        for (name, bytes, ok) in [
+            ("lf", &b"abc\n"[..], true),
+            ("crlf", b"abc\r\n", true),
+            ("bare", b"abc", true),
+            ("empty", b"", false),
+            ("nl", b"\n", false),
+            ("two-lines", b"abc\ndef\n", false),
+            ("space", b"a c\n", false),
+        ] {
+            let p = write(name, bytes);
+            let got = read_secret(&p, &log);
+            assert_eq!(got.is_ok(), ok, "{name}: {got:?}");
+            if let Ok(s) = got {
+                assert!(s.matches(b"abc"));
+            }
+            std::fs::remove_file(&p).unwrap();
+        }
+        assert!(read_secret(&dir.join("dreadlock-main-no-such-file"), &log).is_err());
+    }
+}
