@@ -128,10 +128,17 @@ Limits (each bounds something a client controls):
   connections      --max-connections (default: the open-file limit)
   timeouts         any digit string (saturating); 67645734910 ms (~2.1 years)
                    or more waits until granted or disconnected
+  semaphore size   acquire KEY MS N: N from 1 to 65535, else `e bad limit`
+  name label       64 bytes: then `e name too long`
+  auth secret      256 bytes: then `e auth failed`; --auth-delay-ms (default 100, >= 50)
+
+Exposure: the default bind (0.0.0.0) is the original's. Restrict it with
+--bind 127.0.0.1, --allow CIDR, or --auth-file FILE (PROTOCOL.md, Exposure).
 
 Examples:
   dreadlock                         listen on 0.0.0.0:6001
   dreadlock 11066 --bind 127.0.0.1  local clients only, port 11066
+  dreadlock --allow 10.0.0.0/8 --auth-file /etc/dreadlock.secret
   printf 'lock a 100\\r\\n' | nc 127.0.0.1 6001
 
 Signals: SIGINT/SIGTERM stop the daemon with a one-line summary on stderr.";
