@@ -453,6 +453,7 @@ impl<S: BuildHasher> LockTable<S> {
         h.finish()
     }
 
+    #[inline(always)]
     fn find(&self, key: &[u8]) -> Option<u32> {
         let hash = self.hash(key);
         self.index
@@ -461,6 +462,7 @@ impl<S: BuildHasher> LockTable<S> {
     }
 
     /// `conn`'s hold on entry `e`, if any: O(1).
+    #[inline(always)]
     fn find_hold(&self, e: u32, conn: ConnId) -> Option<u32> {
         let entry = &self.entries[e as usize];
         if entry.limit == 1 {
@@ -513,6 +515,7 @@ impl<S: BuildHasher> LockTable<S> {
 
     /// Gives `conn` a slot of entry `e` (which has one free) with the next
     /// token; returns the token.
+    #[inline(always)]
     fn give(&mut self, e: u32, conn: ConnId, now_us: u64) -> u64 {
         let token = self.next_token;
         self.next_token = token.saturating_add(1);
@@ -559,6 +562,7 @@ impl<S: BuildHasher> LockTable<S> {
 
     /// Releases hold `h` (unlinks it from its holder and its key, records
     /// its hold time); returns its entry.
+    #[inline(always)]
     fn release(&mut self, h: u32, now_us: u64) -> u32 {
         let Hold {
             entry: e,
@@ -600,6 +604,7 @@ impl<S: BuildHasher> LockTable<S> {
 
     /// Entry `e` just lost a holder: grant the slot to the first waiter, or
     /// free the entry once nobody holds it.
+    #[inline(always)]
     fn pass_on(&mut self, e: u32, now_us: u64) -> Option<(ConnId, u64)> {
         let entry = &self.entries[e as usize];
         let head = entry.head;
