@@ -17,7 +17,7 @@ fn main() {
         .map(|i| format!("lock key{i} 0\r\nunlock key{i}\r\n").into_bytes())
         .collect();
     for i in 0..conns {
-        core.handle_open(ConnId(i));
+        core.handle_open(ConnId(i), None);
     }
     let mut now_us = 0u64;
     common::bench(

@@ -5,7 +5,8 @@
 //! of `PROTOCOL.md`. It never touches a socket or reads the clock: the reactor
 //! (or a test, or a fuzzer) calls the `handle_*` inputs with the current time
 //! and drains [`Core::poll_output`]; [`Core::poll_timeout`] says when to call
-//! [`Core::handle_timeout`] next.
+//! [`Core::handle_timeout`] next. Even the fencing tokens' seed (the wall
+//! clock at start) comes in through [`Config::token_seed`].
 //!
 //! # Time
 //!
@@ -13,7 +14,8 @@
 //! milliseconds on the same clock: a `lock` received at `now_us` with
 //! `timeout_ms` gets the deadline `ceil(now_us / 1000) + timeout_ms`, and it
 //! fires only once `floor(now_us / 1000) >= deadline`. So a timeout is never
-//! answered early, and at most one millisecond (plus loop latency) late.
+//! answered early, and at most one millisecond (plus loop latency) late. The
+//! auth failure delay is a deadline on the same wheel.
 //!
 //! # In-order processing
 //!
@@ -21,13 +23,19 @@
 //! are kept, unparsed, in its `pending` buffer, and run once the lock is
 //! granted or times out. [`Core::wants_input`] turns false when that buffer
 //! reaches `max_pending_bytes`, and the reactor stops reading the socket.
+//! A connection in its auth failure delay runs nothing more: it is answered
+//! `e auth failed` and closed when the delay ends.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::lock_table::{ConnId, Limits, LockOutcome, LockTable, UnlockOutcome};
+use crate::lock_table::{ConnId, KeyInfo, Limits, LockOutcome, LockTable, UnlockOutcome};
 use crate::parser::{self, Command, ParseError, Parser, Step};
+use crate::stats::ReleaseCause;
+pub use crate::stats::Stats;
 use crate::timer::{self, TimerId, TimerWheel};
-use crate::wire::{self, ErrorReply};
+use crate::wire::{self, ErrorReply, MAX_LIMIT, MAX_SECRET_BYTES};
 
 /// Default bound on bytes kept from a connection whose `lock` is waiting.
 /// 64 KiB holds thousands of pipelined commands, far more than any sane
@@ -49,7 +57,61 @@ pub const DEFAULT_MAX_KEY_BYTES: usize = 256 << 20;
 pub const INFINITE_TIMEOUT_MS: u64 = wire::INFINITE_TIMEOUT_MS;
 const _: () = assert!(INFINITE_TIMEOUT_MS == timer::MAX_TIMEOUT_MS - 1);
 
-/// The core's limits; every one bounds something a client controls.
+/// Default delay before a wrong secret is answered `e auth failed` (and the
+/// connection closed): slows down guessing without costing the loop anything
+/// (it is a timer).
+pub const DEFAULT_AUTH_DELAY_MS: u64 = 100;
+
+/// Shortest auth failure delay (PROTOCOL.md rule V4); smaller configured
+/// values are raised to it.
+pub const MIN_AUTH_DELAY_MS: u64 = 50;
+
+/// The shared secret of `--auth-file`: at most [`MAX_SECRET_BYTES`] bytes of
+/// the secret alphabet, held inline so [`Config`] stays `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Secret {
+    bytes: [u8; MAX_SECRET_BYTES],
+    len: usize,
+}
+
+impl Secret {
+    /// The secret, if `bytes` is one a client can send: 1 to
+    /// [`MAX_SECRET_BYTES`] bytes of the secret alphabet.
+    pub fn new(bytes: &[u8]) -> Option<Secret> {
+        if bytes.is_empty()
+            || bytes.len() > MAX_SECRET_BYTES
+            || !bytes.iter().all(|&b| wire::is_secret_byte(b))
+        {
+            return None;
+        }
+        let mut s = Secret {
+            bytes: [0; MAX_SECRET_BYTES],
+            len: bytes.len(),
+        };
+        s.bytes[..bytes.len()].copy_from_slice(bytes);
+        Some(s)
+    }
+
+    /// Whether `given` is the secret, in time independent of where they
+    /// differ and of either length (every byte of the fixed-size buffer is
+    /// compared).
+    pub fn matches(&self, given: &[u8]) -> bool {
+        let mut diff = u8::from(given.len() != self.len);
+        for (i, &b) in self.bytes.iter().enumerate() {
+            diff |= b ^ given.get(i).copied().unwrap_or(0);
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes)", self.len)
+    }
+}
+
+/// The core's limits and settings; every limit bounds something a client
+/// controls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Longest command line, CRLF included; longer is a syntax error.
@@ -61,6 +123,13 @@ pub struct Config {
     /// Bytes of all held keys; a `lock` on a free key past it gets
     /// `e lock table full`.
     pub max_key_bytes: usize,
+    /// The first fencing token; the daemon passes the wall clock's
+    /// nanoseconds since the Unix epoch at start (raised to at least 1).
+    pub token_seed: u64,
+    /// With a secret, every connection must `auth` first (PROTOCOL.md V4).
+    pub auth: Option<Secret>,
+    /// Delay before `e auth failed`, at least [`MIN_AUTH_DELAY_MS`].
+    pub auth_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -70,62 +139,171 @@ impl Default for Config {
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             max_locks_per_connection: DEFAULT_MAX_LOCKS_PER_CONNECTION,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            token_seed: 1,
+            auth: None,
+            auth_delay_ms: DEFAULT_AUTH_DELAY_MS,
         }
     }
 }
 
-/// A reply line. Every reply is one of these exact byte strings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A reply line.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Reply {
+    /// `l locked`.
     Locked,
+    /// `t timeout`.
     Timeout,
+    /// `u unlocked`.
     Unlocked,
-    AlreadyLocked,
-    NotLocked,
-    NotOwner,
-    /// The connection holds `max_locks_per_connection` keys already.
-    TooManyLocks,
-    /// The held keys' bytes are at `max_key_bytes`.
-    TableFull,
+    /// `o ok`.
+    Ok,
+    /// `e <message>`.
+    Error(ErrorReply),
+    /// `a <token>` or `o evicted <n>`, encoded inline: no allocation.
+    Short(ShortLine),
+    /// A whole `i …` or `s …` line, CRLF included (rare: only these
+    /// replies allocate).
+    Line(Box<[u8]>),
+}
+
+/// A short reply line built at run time, held inline: a prefix, a `u64` in
+/// decimal and CRLF fit in 32 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShortLine {
+    bytes: [u8; 32],
+    len: u8,
+}
+
+impl ShortLine {
+    /// `prefix`, `n` in decimal, CRLF. `prefix` is at most 10 bytes.
+    fn new(prefix: &[u8], mut n: u64) -> Self {
+        debug_assert!(prefix.len() <= 10);
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut line = ShortLine {
+            bytes: [0; 32],
+            len: 0,
+        };
+        for part in [prefix, &digits[at..], wire::CRLF] {
+            let start = usize::from(line.len);
+            line.bytes[start..start + part.len()].copy_from_slice(part);
+            line.len += part.len() as u8;
+        }
+        line
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl fmt::Debug for ShortLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_bytes().escape_ascii().to_string())
+    }
 }
 
 impl Reply {
+    /// `a <token>`.
+    pub fn acquired(token: u64) -> Reply {
+        Reply::Short(ShortLine::new(wire::ACQUIRED_PREFIX, token))
+    }
+
+    /// `o evicted <n>`.
+    pub fn evicted(n: u64) -> Reply {
+        Reply::Short(ShortLine::new(wire::EVICTED_PREFIX, n))
+    }
+
     /// The reply's bytes on the wire, CRLF included.
-    pub const fn as_bytes(self) -> &'static [u8] {
+    pub fn as_bytes(&self) -> &[u8] {
         match self {
             Reply::Locked => wire::LOCKED,
             Reply::Timeout => wire::TIMEOUT,
             Reply::Unlocked => wire::UNLOCKED,
-            Reply::AlreadyLocked => ErrorReply::AlreadyLocked.as_bytes(),
-            Reply::NotLocked => ErrorReply::NotLocked.as_bytes(),
-            Reply::NotOwner => ErrorReply::NotOwner.as_bytes(),
-            Reply::TooManyLocks => ErrorReply::TooManyLocks.as_bytes(),
-            Reply::TableFull => ErrorReply::TableFull.as_bytes(),
+            Reply::Ok => wire::OK,
+            Reply::Error(e) => e.as_bytes(),
+            Reply::Short(line) => line.as_bytes(),
+            Reply::Line(line) => line,
+        }
+    }
+
+    /// Appends the reply's bytes: what the reactor does with each reply.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_bytes());
+    }
+
+    /// The reply's bytes in a new buffer (tests and logs).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+}
+
+/// Why the core closes a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A syntax error (PROTOCOL.md rule 6).
+    Syntax(ParseError),
+    /// Auth is on and the first command was not `auth`.
+    AuthRequired,
+    /// A wrong (or too long) secret, after the delay.
+    AuthFailed,
+    /// An `evict` of a key this connection held.
+    Evicted,
+}
+
+impl CloseReason {
+    /// What happened, for the start of the log line ("syntax error from
+    /// client ADDR: DETAIL").
+    pub const fn label(self) -> &'static str {
+        match self {
+            CloseReason::Syntax(_) => "syntax error",
+            CloseReason::AuthRequired => "auth required",
+            CloseReason::AuthFailed => "auth failed",
+            CloseReason::Evicted => "evicted",
+        }
+    }
+}
+
+/// The detail: the parse error, or what the client did.
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Syntax(e) => e.fmt(f),
+            CloseReason::AuthRequired => f.write_str("its first command was not auth"),
+            CloseReason::AuthFailed => f.write_str("wrong secret"),
+            CloseReason::Evicted => f.write_str("an evict of a key it held"),
         }
     }
 }
 
 /// What the core asks the reactor to do, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// Append this reply to the connection's output.
     Reply(ConnId, Reply),
-    /// Syntax error: send the replies queued so far, then close the
-    /// connection. The core has already forgotten it (its locks are released
-    /// and its wait withdrawn); do not call `handle_closed` for it.
-    Close(ConnId, ParseError),
+    /// Send the replies queued so far, then close the connection. The core
+    /// has already forgotten it (its locks are released and its wait
+    /// withdrawn); do not call `handle_closed` for it.
+    Close(ConnId, CloseReason),
 }
 
-/// Counters for logs and the shutdown summary.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub commands: u64,
-    pub granted: u64,
-    pub timeouts: u64,
-    pub unlocked: u64,
-    pub errors_replied: u64,
-    pub syntax_errors: u64,
-    pub disconnects: u64,
+/// Where a connection is with auth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AuthState {
+    /// Auth is off, or the connection authenticated.
+    Done,
+    /// Auth is on and the connection has not sent the secret yet.
+    Required,
+    /// A wrong secret: closing when the delay timer fires.
+    Failing,
 }
 
 struct ConnState {
@@ -135,9 +313,20 @@ struct ConnState {
     pending: Vec<u8>,
     /// INVARIANT: `waiting` iff the lock table has this connection queued.
     waiting: bool,
-    /// INVARIANT: `Some` iff waiting with a finite timeout; the timer's value
-    /// is this connection.
+    /// INVARIANT: `Some` iff waiting with a finite timeout, or `Failing`;
+    /// the timer's value is this connection.
     timer: Option<TimerId>,
+    /// The waiting request was `acquire` (granted with `a <token>`), not
+    /// `lock` (`l locked`).
+    wait_acquire: bool,
+    /// When the waiting request arrived, for the wait histograms.
+    wait_since_us: u64,
+    /// INVARIANT: `Failing` only when not waiting; `Required` only with auth
+    /// on.
+    auth: AuthState,
+    peer: Option<SocketAddr>,
+    /// The label of the last `name`.
+    name: Option<Box<[u8]>>,
 }
 
 /// The protocol engine. See the module docs.
@@ -151,19 +340,47 @@ pub struct Core {
     outputs: VecDeque<Output>,
     /// Connections whose wait just ended and whose pending bytes must run.
     resume: VecDeque<ConnId>,
-    granted: Vec<ConnId>,
+    granted: Vec<(ConnId, u64)>,
+    /// Scratch for `evict`'s holders.
+    victims: Vec<ConnId>,
     stats: Stats,
+    /// The latest `now_us` of any input (the clock of grants and releases).
+    now_us: u64,
+    start_us: u64,
     #[cfg_attr(not(debug_assertions), allow(dead_code))]
     checks: u64,
 }
 
+/// Whether `ip` is a loopback address (IPv4-mapped ones included).
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// How a wait ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    Granted(u64),
+    Timeout,
+}
+
 impl Core {
+    /// A core whose clock starts at `now_us` (its uptime counts from there).
     pub fn new(config: Config, now_us: u64) -> Self {
         let mut table = LockTable::new();
         table.set_limits(Limits {
             max_held_per_conn: config.max_locks_per_connection,
             max_key_bytes: config.max_key_bytes,
         });
+        table.set_token_seed(config.token_seed);
+        let config = Config {
+            auth_delay_ms: config.auth_delay_ms.max(MIN_AUTH_DELAY_MS),
+            ..config
+        };
         Core {
             config,
             table,
@@ -173,17 +390,20 @@ impl Core {
             outputs: VecDeque::new(),
             resume: VecDeque::new(),
             granted: Vec::new(),
+            victims: Vec::new(),
             stats: Stats::default(),
+            now_us,
+            start_us: now_us,
             checks: 0,
         }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
+    /// Everything counted so far (a copy).
     pub fn stats(&self) -> Stats {
-        self.stats
+        let mut s = self.stats;
+        s.last_token = self.table.last_token();
+        s.hold = *self.table.hold_histogram();
+        s
     }
 
     /// Open connections.
@@ -196,30 +416,53 @@ impl Core {
         self.table.keys_held()
     }
 
+    /// Slots held over all keys (each holder of a semaphore counts).
+    pub fn holders(&self) -> usize {
+        self.table.holders()
+    }
+
     /// Connections waiting for a lock.
     pub fn waiters(&self) -> usize {
         self.table.waiters()
     }
 
-    /// A new connection with id `conn` (not open already).
-    pub fn handle_open(&mut self, conn: ConnId) {
+    /// A new connection with id `conn` (not open already) from `peer`
+    /// (`None` when unknown; such a connection is not loopback for `evict`).
+    pub fn handle_open(&mut self, conn: ConnId, peer: Option<SocketAddr>) {
         if self.conns.len() <= conn.0 {
             self.conns.resize_with(conn.0 + 1, || None);
         }
         debug_assert!(self.conns[conn.0].is_none(), "{conn:?} opened twice");
+        let auth = match self.config.auth {
+            Some(_) => AuthState::Required,
+            None => AuthState::Done,
+        };
         self.conns[conn.0] = Some(ConnState {
             parser: Parser::new(self.config.max_line_bytes),
             pending: Vec::new(),
             waiting: false,
             timer: None,
+            wait_acquire: false,
+            wait_since_us: 0,
+            auth,
+            peer,
+            name: None,
         });
         self.table.open(conn);
         self.open += 1;
+        self.stats.accepted += 1;
         self.debug_check();
+    }
+
+    /// The reactor refused a connection at accept (`--allow`): counted in
+    /// `stats` as `rejected`; the core never sees it otherwise.
+    pub fn note_rejected(&mut self) {
+        self.stats.rejected += 1;
     }
 
     /// Bytes received from `conn`. Unknown connections are ignored.
     pub fn handle_bytes(&mut self, conn: ConnId, bytes: &[u8], now_us: u64) {
+        self.clock(now_us);
         self.expire(now_us);
         // If `conn`'s wait just timed out, the bytes it sent while waiting
         // run before these (in-order processing, PROTOCOL.md rule 4).
@@ -227,7 +470,9 @@ impl Core {
         let Some(Some(st)) = self.conns.get_mut(conn.0) else {
             return;
         };
-        if st.waiting {
+        if st.auth == AuthState::Failing {
+            // Closed when the delay ends; nothing it sends meanwhile runs.
+        } else if st.waiting {
             st.pending.extend_from_slice(bytes);
         } else {
             let used = self.run(conn, bytes, now_us);
@@ -244,8 +489,9 @@ impl Core {
     /// The connection closed or reset: its wait is withdrawn and its locks
     /// released at once. Unknown connections are ignored.
     pub fn handle_closed(&mut self, conn: ConnId, now_us: u64) {
+        self.clock(now_us);
         self.expire(now_us);
-        if self.forget(conn) {
+        if self.forget(conn, ReleaseCause::Disconnect) {
             self.stats.disconnects += 1;
         }
         self.drain_resume(now_us);
@@ -254,6 +500,7 @@ impl Core {
 
     /// Fires every timeout due at `now_us`.
     pub fn handle_timeout(&mut self, now_us: u64) {
+        self.clock(now_us);
         self.expire(now_us);
         self.drain_resume(now_us);
         self.debug_check();
@@ -271,9 +518,11 @@ impl Core {
     }
 
     /// Whether the reactor should read more from `conn`: false while the
-    /// bytes buffered behind a waiting `lock` are at their bound.
+    /// bytes buffered behind a waiting `lock` are at their bound, and during
+    /// an auth failure delay.
     pub fn wants_input(&self, conn: ConnId) -> bool {
         match self.conns.get(conn.0) {
+            Some(Some(st)) if st.auth == AuthState::Failing => false,
             // Only a waiting connection buffers; the others are always read
             // (even with a bound of 0).
             Some(Some(st)) => !st.waiting || st.pending.len() < self.config.max_pending_bytes,
@@ -286,6 +535,10 @@ impl Core {
         matches!(self.conns.get(conn.0), Some(Some(st)) if st.waiting)
     }
 
+    fn clock(&mut self, now_us: u64) {
+        self.now_us = self.now_us.max(now_us);
+    }
+
     /// Runs commands from `input` for a connection that is not waiting, until
     /// the input ends, a `lock` has to wait, or a syntax error. Returns the
     /// bytes used; the rest belongs in `pending` if the connection now waits.
@@ -295,33 +548,59 @@ impl Core {
             let Some(Some(st)) = self.conns.get_mut(conn.0) else {
                 return used;
             };
-            debug_assert!(!st.waiting);
+            debug_assert!(!st.waiting && st.auth != AuthState::Failing);
             let (n, step) = st.parser.advance(&input[used..]);
             used += n;
-            match step {
+            let cmd = match step {
                 Step::Pending => return used,
                 Step::Error(e) => {
                     self.stats.syntax_errors += 1;
-                    self.forget(conn);
-                    self.outputs.push_back(Output::Close(conn, e));
+                    self.close(conn, CloseReason::Syntax(e), ReleaseCause::Disconnect);
                     return used;
                 }
-                Step::Done(cmd) => {
-                    self.stats.commands += 1;
-                    let key = st.parser.key();
-                    let reply = match cmd {
-                        Command::Lock { timeout_ms } => match self.table.lock(conn, key) {
-                            LockOutcome::Granted => Reply::Locked,
-                            LockOutcome::AlreadyHeld => Reply::AlreadyLocked,
-                            LockOutcome::TooManyLocks => Reply::TooManyLocks,
-                            LockOutcome::TableFull => Reply::TableFull,
+                Step::Done(cmd) => cmd,
+            };
+            self.stats.command(cmd.verb());
+            if st.auth == AuthState::Required && !matches!(cmd, Command::Auth { .. }) {
+                self.stats.auth_failures += 1;
+                self.reply(conn, Reply::Error(ErrorReply::AuthRequired));
+                self.close(conn, CloseReason::AuthRequired, ReleaseCause::Disconnect);
+                return used;
+            }
+            let key = st.parser.key();
+            let reply = match cmd {
+                Command::Lock { timeout_ms } | Command::Acquire { timeout_ms, .. } => {
+                    let (limit, acquire) = match cmd {
+                        Command::Acquire { limit, .. } => (limit, true),
+                        _ => (1, false),
+                    };
+                    if limit == 0 || limit > MAX_LIMIT {
+                        Reply::Error(ErrorReply::BadLimit)
+                    } else {
+                        match self.table.lock(conn, key, limit, now_us) {
+                            LockOutcome::Granted { token } => {
+                                self.stats.grants_immediate += 1;
+                                self.stats.wait_granted.record(0);
+                                if acquire {
+                                    Reply::acquired(token)
+                                } else {
+                                    Reply::Locked
+                                }
+                            }
+                            LockOutcome::AlreadyHeld => Reply::Error(ErrorReply::AlreadyLocked),
+                            LockOutcome::TooManyLocks => Reply::Error(ErrorReply::TooManyLocks),
+                            LockOutcome::TableFull => Reply::Error(ErrorReply::TableFull),
+                            LockOutcome::LimitMismatch => Reply::Error(ErrorReply::LimitMismatch),
                             LockOutcome::Queued if timeout_ms == 0 => {
                                 // A try-lock: its deadline is now.
                                 self.table.withdraw(conn);
+                                self.stats.wait_timeout.record(0);
                                 Reply::Timeout
                             }
                             LockOutcome::Queued => {
                                 st.waiting = true;
+                                st.wait_acquire = acquire;
+                                st.wait_since_us = now_us;
                                 if timeout_ms < INFINITE_TIMEOUT_MS {
                                     let deadline_ms =
                                         now_us.div_ceil(1000).saturating_add(timeout_ms);
@@ -329,41 +608,155 @@ impl Core {
                                 }
                                 return used;
                             }
-                        },
-                        Command::Unlock => match self.table.unlock(conn, key) {
-                            UnlockOutcome::Unlocked { granted } => {
-                                if let Some(g) = granted {
-                                    self.wake(g, Reply::Locked);
-                                }
-                                Reply::Unlocked
-                            }
-                            UnlockOutcome::NotLocked => Reply::NotLocked,
-                            UnlockOutcome::NotOwner => Reply::NotOwner,
-                        },
-                    };
-                    self.count(reply);
-                    self.outputs.push_back(Output::Reply(conn, reply));
+                        }
+                    }
                 }
+                Command::Unlock => match self.table.unlock(conn, key, now_us) {
+                    UnlockOutcome::Unlocked { granted } => {
+                        self.stats.release(ReleaseCause::Unlock);
+                        if let Some((g, token)) = granted {
+                            self.wake(g, Wake::Granted(token));
+                        }
+                        Reply::Unlocked
+                    }
+                    UnlockOutcome::NotLocked => Reply::Error(ErrorReply::NotLocked),
+                    UnlockOutcome::NotOwner => Reply::Error(ErrorReply::NotOwner),
+                },
+                Command::Name { too_long: true } => Reply::Error(ErrorReply::NameTooLong),
+                Command::Name { too_long: false } => {
+                    st.name = Some(key.into());
+                    Reply::Ok
+                }
+                Command::Auth { too_long } => match self.config.auth {
+                    None => Reply::Error(ErrorReply::AuthNotEnabled),
+                    Some(secret) if !too_long && secret.matches(key) => {
+                        st.auth = AuthState::Done;
+                        Reply::Ok
+                    }
+                    Some(_) => {
+                        // Answered when the delay ends; the rest of this
+                        // input is never run.
+                        self.stats.auth_failures += 1;
+                        st.auth = AuthState::Failing;
+                        let deadline_ms = now_us
+                            .div_ceil(1000)
+                            .saturating_add(self.config.auth_delay_ms);
+                        st.timer = Some(self.timers.insert(deadline_ms, conn));
+                        return used;
+                    }
+                },
+                Command::Info => {
+                    let info = self.table.info(key);
+                    Reply::Line(self.info_line(info).into_boxed_slice())
+                }
+                Command::Stats => Reply::Line(self.stats_line().into_boxed_slice()),
+                Command::Evict => {
+                    let allowed =
+                        self.config.auth.is_some() || st.peer.is_some_and(|p| is_loopback(p.ip()));
+                    if !allowed {
+                        Reply::Error(ErrorReply::NotAllowed)
+                    } else {
+                        let mut victims = std::mem::take(&mut self.victims);
+                        self.table.holders_of(key, &mut victims);
+                        self.reply(conn, Reply::evicted(victims.len() as u64));
+                        for v in victims.drain(..) {
+                            self.stats.evictions += 1;
+                            self.close(v, CloseReason::Evicted, ReleaseCause::Evict);
+                        }
+                        self.victims = victims;
+                        continue;
+                    }
+                }
+            };
+            self.reply(conn, reply);
+        }
+    }
+
+    /// Counts `reply` and queues it.
+    fn reply(&mut self, conn: ConnId, reply: Reply) {
+        match reply {
+            Reply::Timeout => self.stats.timeouts += 1,
+            Reply::Unlocked => self.stats.unlocks += 1,
+            Reply::Error(e) => self.stats.error_reply(e),
+            _ => {}
+        }
+        self.outputs.push_back(Output::Reply(conn, reply));
+    }
+
+    /// `i limit=<n> holders=<n> waiters=<n>[ token=<t> held_ms=<ms>
+    /// peer=<addr:port>[ name=<label>]]\r\n` (the oldest holder).
+    fn info_line(&self, info: KeyInfo) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut line = Vec::with_capacity(160);
+        line.extend_from_slice(wire::INFO_PREFIX);
+        let _ = write!(
+            line,
+            "limit={} holders={} waiters={}",
+            info.limit, info.holders, info.waiters
+        );
+        if let Some((holder, token, granted_us)) = info.oldest {
+            let held_ms = self.now_us.saturating_sub(granted_us) / 1000;
+            let _ = write!(line, " token={token} held_ms={held_ms} peer=");
+            let st = self.conns.get(holder.0).and_then(Option::as_ref);
+            match st.and_then(|st| st.peer) {
+                Some(peer) => {
+                    let _ = write!(line, "{peer}");
+                }
+                None => line.push(b'-'),
+            }
+            if let Some(name) = st.and_then(|st| st.name.as_deref()) {
+                line.extend_from_slice(b" name=");
+                line.extend_from_slice(name);
             }
         }
+        line.extend_from_slice(wire::CRLF);
+        line
     }
 
-    fn count(&mut self, reply: Reply) {
-        match reply {
-            Reply::Locked => self.stats.granted += 1,
-            Reply::Timeout => self.stats.timeouts += 1,
-            Reply::Unlocked => self.stats.unlocked += 1,
-            Reply::AlreadyLocked
-            | Reply::NotLocked
-            | Reply::NotOwner
-            | Reply::TooManyLocks
-            | Reply::TableFull => self.stats.errors_replied += 1,
+    /// The reply to `stats`: `s ` and every field of [`wire::STATS_FIELDS`],
+    /// in order, then CRLF (SIGUSR1 logs the same line).
+    pub fn stats_line(&self) -> Vec<u8> {
+        use std::io::Write as _;
+        let s = self.stats();
+        let mut line = Vec::with_capacity(400);
+        line.extend_from_slice(wire::STATS_PREFIX);
+        for (i, field) in wire::STATS_FIELDS.iter().enumerate() {
+            if i > 0 {
+                line.push(b' ');
+            }
+            let value = match *field {
+                "version" => {
+                    let _ = write!(line, "version={}", env!("CARGO_PKG_VERSION"));
+                    continue;
+                }
+                "uptime_s" => self.now_us.saturating_sub(self.start_us) / 1_000_000,
+                "connections" => self.open as u64,
+                "keys" => self.table.keys_held() as u64,
+                "holders" => self.table.holders() as u64,
+                "waiters" => self.table.waiters() as u64,
+                "grants" => s.grants_total(),
+                "timeouts" => s.timeouts,
+                "unlocks" => s.unlocks,
+                "disconnects" => s.disconnects,
+                "evictions" => s.evictions,
+                "errors" => s.errors_total(),
+                "syntax_errors" => s.syntax_errors,
+                "auth_failures" => s.auth_failures,
+                "accepted" => s.accepted,
+                "rejected" => s.rejected,
+                "token" => s.last_token,
+                "commands" => s.commands_total(),
+                other => unreachable!("stats field {other} has no value"),
+            };
+            let _ = write!(line, "{field}={value}");
         }
+        line.extend_from_slice(wire::CRLF);
+        line
     }
 
-    /// Ends `conn`'s wait with `reply` (granted or timed out) and schedules
-    /// its pending bytes to run.
-    fn wake(&mut self, conn: ConnId, reply: Reply) {
+    /// Ends `conn`'s wait (granted or timed out) and schedules its pending
+    /// bytes to run.
+    fn wake(&mut self, conn: ConnId, wake: Wake) {
         let Some(Some(st)) = self.conns.get_mut(conn.0) else {
             debug_assert!(false, "waking unknown {conn:?}");
             return;
@@ -371,28 +764,52 @@ impl Core {
         debug_assert!(st.waiting);
         st.waiting = false;
         if let Some(t) = st.timer.take() {
-            if reply == Reply::Locked {
+            if wake != Wake::Timeout {
                 let cancelled = self.timers.cancel(t);
                 debug_assert_eq!(cancelled, Some(conn));
             }
         }
-        self.count(reply);
-        self.outputs.push_back(Output::Reply(conn, reply));
+        let waited_us = self.now_us.saturating_sub(st.wait_since_us);
+        let reply = match wake {
+            Wake::Granted(token) => {
+                self.stats.grants_queued += 1;
+                self.stats.wait_granted.record(waited_us);
+                if st.wait_acquire {
+                    Reply::acquired(token)
+                } else {
+                    Reply::Locked
+                }
+            }
+            Wake::Timeout => {
+                self.stats.wait_timeout.record(waited_us);
+                Reply::Timeout
+            }
+        };
+        self.reply(conn, reply);
         self.resume.push_back(conn);
     }
 
-    /// Fires due timers.
+    /// Fires due timers: wait timeouts and auth failure delays.
     fn expire(&mut self, now_us: u64) {
         let now_ms = now_us / 1000;
         while let Some((_deadline, conn)) = self.timers.poll(now_ms) {
             debug_assert!(_deadline <= now_ms);
+            // The timer is spent: clear it before `wake` so it is not cancelled.
+            let failing = match self.conns.get_mut(conn.0) {
+                Some(Some(st)) => {
+                    st.timer = None;
+                    st.auth == AuthState::Failing
+                }
+                _ => false,
+            };
+            if failing {
+                self.reply(conn, Reply::Error(ErrorReply::AuthFailed));
+                self.close(conn, CloseReason::AuthFailed, ReleaseCause::Disconnect);
+                continue;
+            }
             let withdrawn = self.table.withdraw(conn);
             debug_assert!(withdrawn, "timer fired for {conn:?} not waiting");
-            // The timer is spent: clear it before `wake` so it is not cancelled.
-            if let Some(Some(st)) = self.conns.get_mut(conn.0) {
-                st.timer = None;
-            }
-            self.wake(conn, Reply::Timeout);
+            self.wake(conn, Wake::Timeout);
         }
     }
 
@@ -420,9 +837,18 @@ impl Core {
         }
     }
 
+    /// The core closes `conn` itself: forgets it (as a disconnect, with
+    /// `cause` for its releases) and tells the reactor to close it.
+    fn close(&mut self, conn: ConnId, reason: CloseReason, cause: ReleaseCause) {
+        if self.forget(conn, cause) {
+            self.stats.disconnects += 1;
+            self.outputs.push_back(Output::Close(conn, reason));
+        }
+    }
+
     /// Drops `conn`: withdraws its wait, releases its locks (granting the
     /// next waiters) and frees its state. Returns whether it was open.
-    fn forget(&mut self, conn: ConnId) -> bool {
+    fn forget(&mut self, conn: ConnId, cause: ReleaseCause) -> bool {
         let Some(st) = self.conns.get_mut(conn.0).and_then(Option::take) else {
             return false;
         };
@@ -430,10 +856,13 @@ impl Core {
             let cancelled = self.timers.cancel(t);
             debug_assert_eq!(cancelled, Some(conn));
         }
+        for _ in 0..self.table.held_by(conn) {
+            self.stats.release(cause);
+        }
         let mut granted = std::mem::take(&mut self.granted);
-        self.table.close(conn, &mut granted);
-        for g in granted.drain(..) {
-            self.wake(g, Reply::Locked);
+        self.table.close(conn, self.now_us, &mut granted);
+        for (g, token) in granted.drain(..) {
+            self.wake(g, Wake::Granted(token));
         }
         self.granted = granted;
         self.open -= 1;
@@ -455,8 +884,10 @@ impl Core {
 
     /// Checks the global invariants; panics on the first violation:
     /// every holder and waiter is a live connection, no connection waits
-    /// twice, a key exists only while held, and every waiter with a deadline
-    /// has exactly one live timer.
+    /// twice, a key exists only while held, a key's holders are at most its
+    /// N and N did not change while it existed, tokens increase, and every
+    /// waiter with a deadline (and every connection in its auth failure
+    /// delay) has exactly one live timer.
     pub fn check_invariants(&self) {
         self.table.check_invariants();
         let mut timers = 0;
@@ -473,8 +904,25 @@ impl Core {
                 self.table.is_waiting(conn),
                 "{conn:?} waiting flag"
             );
+            if st.auth == AuthState::Failing {
+                assert!(!st.waiting, "{conn:?} waits during its auth delay");
+                assert!(
+                    st.timer.is_some(),
+                    "{conn:?} in its auth delay without a timer"
+                );
+            }
+            if st.auth == AuthState::Required {
+                assert!(
+                    self.config.auth.is_some(),
+                    "{conn:?} must auth with auth off"
+                );
+                assert_eq!(self.table.held_by(conn), 0, "{conn:?} holds before auth");
+            }
             if st.timer.is_some() {
-                assert!(st.waiting, "{conn:?} has a timer but does not wait");
+                assert!(
+                    st.waiting || st.auth == AuthState::Failing,
+                    "{conn:?} has a timer but does not wait"
+                );
                 timers += 1;
             }
             if !st.waiting {
@@ -484,6 +932,10 @@ impl Core {
         assert_eq!(open, self.open, "open count");
         assert_eq!(timers, self.timers.len(), "a timer without a waiter");
         assert!(self.resume.is_empty(), "resume queue not drained");
+        assert!(
+            self.stats.wait_granted.count == self.stats.grants_total(),
+            "a grant without its wait time"
+        );
     }
 }
 
@@ -500,9 +952,12 @@ mod tests {
 
     impl Fixture {
         fn new(conns: usize) -> Self {
-            let mut core = Core::new(Config::default(), 0);
+            Self::with(Config::default(), conns)
+        }
+        fn with(config: Config, conns: usize) -> Self {
+            let mut core = Core::new(config, 0);
             for i in 0..conns {
-                core.handle_open(ConnId(i));
+                core.handle_open(ConnId(i), Some(([127, 0, 0, 1], 5000 + i as u16).into()));
             }
             Fixture { core, now_us: 0 }
         }
@@ -518,7 +973,7 @@ mod tests {
             let mut v = vec![];
             while let Some(o) = self.core.poll_output() {
                 v.push(match o {
-                    Output::Reply(c, r) => (c.0, String::from_utf8_lossy(r.as_bytes()).into()),
+                    Output::Reply(c, r) => (c.0, String::from_utf8_lossy(&r.to_bytes()).into()),
                     Output::Close(c, _) => (c.0, "CLOSE".into()),
                 });
             }
@@ -701,8 +1156,8 @@ mod tests {
             },
             0,
         );
-        core.handle_open(ConnId(0));
-        core.handle_open(ConnId(1));
+        core.handle_open(ConnId(0), None);
+        core.handle_open(ConnId(1), None);
         let mut f = Fixture { core, now_us: 0 };
         f.send(0, "lock a 0\r\nlock b 0\r\nlock c 0\r\n");
         f.send(1, "lock c 0\r\nlock d 0\r\nlock a 5\r\n");
@@ -741,8 +1196,8 @@ mod tests {
             core: Core::new(config, 0),
             now_us: 0,
         };
-        f.core.handle_open(ConnId(0));
-        f.core.handle_open(ConnId(1));
+        f.core.handle_open(ConnId(0), None);
+        f.core.handle_open(ConnId(1), None);
         assert!(f.core.wants_input(ConnId(0)));
         f.send(0, "lock a 0\r\n");
         f.send(1, "lock a 100\r\n");
@@ -779,5 +1234,312 @@ mod tests {
         let out = f.out();
         assert_eq!(out.len(), 2 + sent / "unlock zzz\r\n".len());
         assert!(f.core.wants_input(ConnId(1)));
+    }
+
+    fn secret(s: &str) -> Option<Secret> {
+        Secret::new(s.as_bytes())
+    }
+
+    #[test]
+    fn acquire_tokens_increase_over_every_grant() {
+        let mut f = Fixture::with(
+            Config {
+                token_seed: 1000,
+                ..Config::default()
+            },
+            3,
+        );
+        f.send(0, "stats\r\n");
+        let s = f.out();
+        assert!(s[0].1.contains(" token=0 "), "{s:?}");
+        f.send(0, "acquire a 100\r\nlock b 0\r\n");
+        f.send(1, "acquire a 100\r\n");
+        f.send(2, "acquire a 100\r\n");
+        f.send(0, "unlock a\r\n");
+        f.send(1, "unlock a\r\n");
+        assert_eq!(
+            f.out(),
+            vec![
+                r(0, "a 1000\r\n"),
+                r(0, "l locked\r\n"),
+                r(1, "a 1002\r\n"),
+                r(0, "u unlocked\r\n"),
+                r(2, "a 1003\r\n"),
+                r(1, "u unlocked\r\n"),
+            ]
+        );
+        f.send(0, "info b\r\n");
+        assert_eq!(
+            f.out(),
+            vec![r(
+                0,
+                "i limit=1 holders=1 waiters=0 token=1001 held_ms=0 peer=127.0.0.1:5000\r\n"
+            )]
+        );
+        assert_eq!(f.core.stats().last_token, 1003);
+    }
+
+    #[test]
+    fn semaphore_fifo_mismatch_and_bad_limit() {
+        let mut f = Fixture::new(5);
+        f.send(0, "acquire s 0 2\r\n");
+        f.send(1, "acquire s 0 2\r\n");
+        f.send(2, "acquire s 1000 2\r\n");
+        f.send(3, "acquire s 1000 3\r\nlock s 0\r\nacquire s 0\r\nacquire s 0 0\r\nacquire s 0 65536\r\nacquire s 0 99999999999\r\n");
+        f.send(4, "acquire s 1000 2\r\n");
+        let out = f.out();
+        assert_eq!(out.iter().filter(|(_, l)| l.starts_with("a ")).count(), 2);
+        assert_eq!(
+            out[2..].to_vec(),
+            vec![
+                r(3, "e limit mismatch\r\n"),
+                r(3, "e limit mismatch\r\n"),
+                r(3, "e limit mismatch\r\n"),
+                r(3, "e bad limit\r\n"),
+                r(3, "e bad limit\r\n"),
+                r(3, "e bad limit\r\n"),
+            ]
+        );
+        f.send(3, "info s\r\n");
+        let info = f.out();
+        assert!(
+            info[0]
+                .1
+                .starts_with("i limit=2 holders=2 waiters=2 token="),
+            "{info:?}"
+        );
+        // Slots free in any order; waiters are granted in arrival order.
+        f.send(1, "unlock s\r\n");
+        f.core.handle_closed(ConnId(0), 0);
+        let out = f.out();
+        assert_eq!(out[0], r(2, out[0].1.as_str()));
+        assert!(out[0].1.starts_with("a "));
+        assert_eq!(out[1], r(1, "u unlocked\r\n"));
+        assert_eq!(out[2].0, 4);
+        assert_eq!(f.core.holders(), 2);
+        assert_eq!(f.core.waiters(), 0);
+        // `unlock` by a non-holder of a held semaphore.
+        f.send(3, "unlock s\r\n");
+        assert_eq!(f.out(), vec![r(3, "e not owner\r\n")]);
+    }
+
+    #[test]
+    fn name_info_and_limits() {
+        let mut f = Fixture::new(2);
+        f.send(0, &format!("name {}\r\n", "x".repeat(64)));
+        f.send(0, &format!("name {}\r\n", "y".repeat(65)));
+        f.send(0, "name job/7:a.b\r\nlock k 0\r\n");
+        f.advance_ms(1500);
+        f.send(1, "info k\r\ninfo nothing\r\n");
+        assert_eq!(
+            f.out(),
+            vec![
+                r(0, "o ok\r\n"),
+                r(0, "e name too long\r\n"),
+                r(0, "o ok\r\n"),
+                r(0, "l locked\r\n"),
+                r(
+                    1,
+                    "i limit=1 holders=1 waiters=0 token=1 held_ms=1500 peer=127.0.0.1:5000 name=job/7:a.b\r\n"
+                ),
+                r(1, "i limit=0 holders=0 waiters=0\r\n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn stats_fields_in_order_and_moving() {
+        let mut f = Fixture::new(2);
+        f.send(0, "lock a 0\r\nunlock a\r\nunlock a\r\n");
+        f.send(1, "stats\r\n");
+        let out = f.out();
+        let line = out[3].1.trim_end().strip_prefix("s ").unwrap().to_string();
+        let fields: Vec<(&str, &str)> = line
+            .split(' ')
+            .map(|kv| kv.split_once('=').unwrap())
+            .collect();
+        let names: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, wire::STATS_FIELDS);
+        let get = |k: &str| fields.iter().find(|(n, _)| *n == k).unwrap().1;
+        assert_eq!(get("version"), env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            (
+                get("connections"),
+                get("grants"),
+                get("unlocks"),
+                get("errors")
+            ),
+            ("2", "1", "1", "1")
+        );
+        assert_eq!(
+            (get("accepted"), get("token"), get("commands")),
+            ("2", "1", "4")
+        );
+        f.core.note_rejected();
+        assert_eq!(f.core.stats().rejected, 1);
+        let s = f.core.stats();
+        assert_eq!(s.releases_of(ReleaseCause::Unlock), 1);
+        assert_eq!(s.hold.count, 1);
+        assert_eq!(s.wait_granted.count, 1);
+    }
+
+    #[test]
+    fn auth_required_first_then_closed() {
+        let config = Config {
+            auth: secret("s3cret"),
+            ..Config::default()
+        };
+        let mut f = Fixture::with(config, 3);
+        f.send(0, "lock a 0\r\nlock b 0\r\n");
+        f.send(1, "auth s3cret\r\nlock a 0\r\nauth s3cret\r\n");
+        f.send(2, "lock\t\r\n");
+        assert_eq!(
+            f.out(),
+            vec![
+                r(0, "e auth required\r\n"),
+                r(0, "CLOSE"),
+                r(1, "o ok\r\n"),
+                r(1, "l locked\r\n"),
+                r(1, "o ok\r\n"),
+                r(2, "CLOSE"),
+            ]
+        );
+        let s = f.core.stats();
+        assert_eq!((s.auth_failures, s.syntax_errors, s.disconnects), (1, 1, 2));
+    }
+
+    #[test]
+    fn auth_failure_is_a_timer_and_others_are_served_meanwhile() {
+        let config = Config {
+            auth: secret("right"),
+            auth_delay_ms: 10, // raised to the minimum
+            ..Config::default()
+        };
+        let mut f = Fixture::with(config, 3);
+        f.send(0, "auth right\r\nlock a 0\r\n");
+        f.send(1, "auth wrong\r\nunlock a\r\n");
+        f.send(2, &format!("auth {}\r\n", "r".repeat(257)));
+        assert!(!f.core.wants_input(ConnId(1)));
+        assert_eq!(f.core.poll_timeout(), Some(MIN_AUTH_DELAY_MS * MS));
+        f.advance_ms(MIN_AUTH_DELAY_MS - 1);
+        f.send(0, "unlock a\r\n");
+        f.send(1, "lock a 0\r\n"); // dropped: it is closing
+        assert_eq!(
+            f.out(),
+            vec![
+                r(0, "o ok\r\n"),
+                r(0, "l locked\r\n"),
+                r(0, "u unlocked\r\n")
+            ]
+        );
+        f.advance_ms(1);
+        assert_eq!(
+            f.out(),
+            vec![
+                r(1, "e auth failed\r\n"),
+                r(1, "CLOSE"),
+                r(2, "e auth failed\r\n"),
+                r(2, "CLOSE"),
+            ]
+        );
+        assert_eq!(f.core.stats().auth_failures, 2);
+        // A peer that leaves during its delay cancels the timer.
+        f.core.handle_open(ConnId(1), None);
+        f.send(1, "auth nope\r\n");
+        f.core.handle_closed(ConnId(1), f.now_us);
+        assert_eq!(f.core.poll_timeout(), None);
+        assert_eq!(f.out(), vec![]);
+    }
+
+    #[test]
+    fn auth_not_enabled_keeps_the_connection() {
+        let mut f = Fixture::new(1);
+        f.send(0, "auth x\r\nlock a 0\r\n");
+        assert_eq!(
+            f.out(),
+            vec![r(0, "e auth not enabled\r\n"), r(0, "l locked\r\n")]
+        );
+    }
+
+    #[test]
+    fn evict_closes_holders_and_grants_the_next() {
+        let mut f = Fixture::new(4);
+        f.send(0, "acquire s 0 2\r\nlock other 0\r\n");
+        f.send(1, "acquire s 0 2\r\n");
+        f.send(2, "acquire s 1000 2\r\nunlock s\r\n");
+        f.out();
+        f.send(3, "evict s\r\nevict s\r\nevict nothing\r\n");
+        let out = f.out();
+        assert_eq!(out[0], r(3, "o evicted 2\r\n"));
+        // The first waiter got a slot; it holds it when the second `evict`
+        // runs (its `unlock` is still behind), so that one closes it.
+        let mut rest = out[1..].to_vec();
+        rest.sort();
+        assert_eq!(
+            rest,
+            vec![
+                r(0, "CLOSE"),
+                r(1, "CLOSE"),
+                r(2, "CLOSE"),
+                r(2, "a 4\r\n"),
+                r(3, "o evicted 0\r\n"),
+                r(3, "o evicted 1\r\n"),
+            ]
+        );
+        assert_eq!(f.core.stats().evictions, 3);
+        assert_eq!(f.core.stats().releases_of(ReleaseCause::Evict), 4);
+        assert_eq!(f.core.keys_held(), 0);
+        // Not loopback, auth off: not allowed.
+        f.core
+            .handle_open(ConnId(5), Some(([10, 0, 0, 1], 1).into()));
+        f.core.handle_open(ConnId(6), None);
+        f.send(5, "evict s\r\n");
+        f.send(6, "evict s\r\n");
+        assert_eq!(
+            f.out(),
+            vec![r(5, "e not allowed\r\n"), r(6, "e not allowed\r\n")]
+        );
+        // IPv6 and IPv4-mapped loopback are loopback.
+        assert!(is_loopback("::1".parse().unwrap()));
+        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("::ffff:10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn evict_of_itself_replies_then_closes() {
+        let mut f = Fixture::new(2);
+        f.send(0, "lock a 0\r\nevict a\r\nlock b 0\r\n");
+        assert_eq!(
+            f.out(),
+            vec![r(0, "l locked\r\n"), r(0, "o evicted 1\r\n"), r(0, "CLOSE")]
+        );
+        assert_eq!(f.core.connections(), 1);
+    }
+
+    #[test]
+    fn secret_compare() {
+        let s = Secret::new(b"abc").unwrap();
+        assert!(s.matches(b"abc"));
+        assert!(!s.matches(b"abd") && !s.matches(b"ab") && !s.matches(b"abcd"));
+        assert!(!s.matches(b""));
+        assert!(Secret::new(b"").is_none());
+        assert!(Secret::new(b"a:b").is_none());
+        assert!(Secret::new(&[b'a'; 257]).is_none());
+        assert!(Secret::new(&[b'a'; 256]).unwrap().matches(&[b'a'; 256]));
+        assert_eq!(format!("{s:?}"), "Secret(3 bytes)");
+    }
+
+    #[test]
+    fn decimal_encoding() {
+        for n in [0, 1, 9, 10, 1234567890, u64::MAX] {
+            assert_eq!(
+                Reply::acquired(n).to_bytes(),
+                format!("a {n}\r\n").into_bytes()
+            );
+            assert_eq!(
+                Reply::evicted(n).to_bytes(),
+                format!("o evicted {n}\r\n").into_bytes()
+            );
+        }
     }
 }

@@ -101,6 +101,7 @@
 //! src/metrics.rs     Prometheus text format and the `stats` line from a snapshot
 //! src/admin.rs       the admin HTTP endpoint (/metrics, /healthz), sans-I/O + mio
 //! src/systemd.rs     readiness notification and socket activation
+//! src/allow.rs       --allow CIDR: which peers may connect (pure, unit-tested)
 //! src/main.rs        CLI, descriptor limit, signals; runs the reactor
 //! src/model.rs       reference models + checks shared by fuzz targets and tests
 //! src/wire.rs        reply bytes, limits and byte classes shared by client and daemon
@@ -118,6 +119,9 @@ pub mod wire;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
 pub mod admin;
+#[cfg(feature = "daemon")]
+#[doc(hidden)]
+pub mod allow;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
 pub mod core;

@@ -1,29 +1,44 @@
-//! The lock table: key -> holder + FIFO queue of waiters. A pure data
-//! structure: no clock, no I/O, no replies.
+//! The lock table: key -> holders + FIFO queue of waiters. A pure data
+//! structure: no clock read, no I/O, no replies.
+//!
+//! Every key has a fixed limit N (PROTOCOL.md rule V2): up to N connections
+//! hold it at once; `lock` is the exclusive case N = 1. N is set by the
+//! request that creates the key and cannot change while the key exists.
 //!
 //! # Shape
 //!
 //! ```text
-//! index: HashTable<u32>  --hash(key)-->  entries[u32]: KeyEntry { key, holder, waiters head/tail }
-//! conns[ConnId]: ConnLocks { held: Vec<u32>, waiting: Option<u32>, prev/next in the waiter queue }
+//! index: HashTable<u32>  --hash(key)-->  entries[u32]: KeyEntry { key, limit, holds head/tail, waiters head/tail }
+//! holds[u32]: Hold { entry, conn, token, granted_us, prev/next among the key's holders, pos in conn.held }
+//! sem_index: HashTable<u32>  --(entry, conn)-->  holds[u32]   (keys with N > 1 only)
+//! conns[ConnId]: ConnLocks { held: Vec<hold>, waiting: Option<entry>, prev/next in the waiter queue }
 //! ```
 //!
 //! * A key is stored once, in its `KeyEntry`; the hash index holds only entry
 //!   numbers. Freed entries keep their key buffer for reuse, so a lock/unlock
 //!   pair on a fresh key does not touch the allocator.
+//! * Each grant is a `Hold`, threaded on two lists: the key's holders in
+//!   grant order (so the oldest holder, which `info` shows, is the head) and
+//!   the holder's `held` vector (it remembers its position there, so a
+//!   release is a `swap_remove`). Finding a connection's hold on a key is
+//!   O(1): for N = 1 it is the head; for N > 1 the small `sem_index`, keyed
+//!   by (entry, connection), finds it. Grant, release and withdraw are O(1).
 //! * A connection waits for at most one key at a time (the core processes a
 //!   connection's commands strictly in order), so each key's waiter queue is an
 //!   intrusive doubly linked list threaded through `ConnLocks`: enqueue,
 //!   grant-next and withdraw-anywhere are all O(1).
-//! * Each held key remembers its position in the holder's `held` list, so an
-//!   unlock removes it with a `swap_remove`, O(1).
 //! * A key's entry exists exactly while somebody holds it: a release hands the
-//!   key straight to the first waiter, and a key with no holder is removed.
-//!   (There are never waiters on a free key.)
+//!   slot straight to the first waiter, and a key with no holder is removed.
+//!   There are waiters only while all N slots are held, so granting in queue
+//!   order never lets a later waiter overtake an earlier one.
+//! * Every grant takes the next fencing token from one table-wide counter,
+//!   seeded by [`LockTable::set_token_seed`] and strictly increasing.
 
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
+
+use crate::stats::Histogram;
 
 /// A connection's identity in the core: the reactor's slab key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,9 +53,9 @@ const KEEP_KEY_CAPACITY: usize = 64;
 /// What `lock` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LockOutcome {
-    /// The key was free; the connection holds it now.
-    Granted,
-    /// The key is held by another connection; this one is queued at the tail.
+    /// A slot was free; the connection holds it now, with this token.
+    Granted { token: u64 },
+    /// Every slot is held by others; this connection is queued at the tail.
     Queued,
     /// The connection already holds the key; nothing changed.
     AlreadyHeld,
@@ -50,6 +65,8 @@ pub enum LockOutcome {
     /// Refused, nothing changed: the key is free, but holding it would put
     /// the table past `max_key_bytes`.
     TableFull,
+    /// Refused, nothing changed: the key exists with another limit.
+    LimitMismatch,
 }
 
 /// Bounds on what clients can make the table hold.
@@ -76,33 +93,67 @@ impl Limits {
 /// What `unlock` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnlockOutcome {
-    /// Released; if somebody was waiting, the key now belongs to them.
-    Unlocked { granted: Option<ConnId> },
+    /// Released; if somebody was waiting, the slot now belongs to them,
+    /// with the token they were granted.
+    Unlocked { granted: Option<(ConnId, u64)> },
     /// Nobody holds the key.
     NotLocked,
-    /// Another connection holds the key.
+    /// Other connections hold the key, this one does not.
     NotOwner,
+}
+
+/// What `info` reports about a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key's N (0 when the key does not exist).
+    pub limit: u32,
+    pub holders: u32,
+    pub waiters: u32,
+    /// The oldest holder: its connection, token and grant time (µs).
+    pub oldest: Option<(ConnId, u64, u64)>,
 }
 
 struct KeyEntry {
     /// The key's bytes; cleared (capacity kept) while the entry is free.
     key: Vec<u8>,
     hash: u64,
-    /// INVARIANT: for a live entry, `holder` is a live connection and
-    /// `conns[holder].held[holder_pos] == this entry`.
-    holder: ConnId,
-    holder_pos: u32,
+    /// INVARIANT: fixed from the entry's allocation until it is freed.
+    limit: u32,
+    /// INVARIANT: `1 <= holders <= limit` while live; the length of the
+    /// holder list `hold_head..hold_tail`.
+    holders: u32,
+    hold_head: u32,
+    hold_tail: u32,
     /// INVARIANT: head/tail of the FIFO waiter list (NIL when empty); every
-    /// connection on it has `waiting == Some(this entry)`.
+    /// connection on it has `waiting == Some(this entry)`; non-empty only
+    /// while `holders == limit`.
     head: u32,
     tail: u32,
+    /// Length of the waiter list.
+    waiters: u32,
     live: bool,
+}
+
+/// One grant: `conn` holds a slot of `entry`.
+struct Hold {
+    entry: u32,
+    conn: ConnId,
+    /// INVARIANT: `conns[conn].held[conn_pos] == this hold`.
+    conn_pos: u32,
+    /// Neighbours among the entry's holders, oldest first (NIL at the ends).
+    prev: u32,
+    next: u32,
+    token: u64,
+    granted_us: u64,
+    /// The entry's limit when this slot was granted.
+    /// INVARIANT: equals the entry's limit (N is fixed while the key exists).
+    limit: u32,
 }
 
 #[derive(Default)]
 struct ConnLocks {
     open: bool,
-    /// Entries of the keys this connection holds, in no particular order.
+    /// Holds of this connection, in no particular order.
     held: Vec<u32>,
     /// The key entry this connection is queued on, if any.
     waiting: Option<u32>,
@@ -111,18 +162,31 @@ struct ConnLocks {
     next: u32,
 }
 
-/// Key -> holder + FIFO waiters. See the module docs.
+/// Key -> holders + FIFO waiters. See the module docs.
 pub struct LockTable<S = std::hash::RandomState> {
     index: HashTable<u32>,
     hasher: S,
     entries: Vec<KeyEntry>,
     free: Vec<u32>,
+    holds: Vec<Hold>,
+    free_holds: Vec<u32>,
+    /// Holds on entries with `limit > 1`, by `(entry, conn)`.
+    sem_index: HashTable<u32>,
     conns: Vec<ConnLocks>,
     waiting_count: usize,
+    /// Live holds. INVARIANT: `holds.len() - free_holds.len()`.
+    holding_count: usize,
     limits: Limits,
     /// Sum over held keys of `len + KEY_OVERHEAD_BYTES`.
     /// INVARIANT: at most `limits.max_key_bytes`.
     key_bytes: usize,
+    /// The token of the next grant. INVARIANT: greater than every token
+    /// issued (saturates at `u64::MAX`, centuries away from any seed).
+    next_token: u64,
+    /// The last token issued, 0 before the first grant.
+    last_token: u64,
+    /// Grant-to-release times of every release.
+    hold_us: Histogram,
 }
 
 impl Default for LockTable {
@@ -138,6 +202,14 @@ impl LockTable {
     }
 }
 
+/// Hash of an (entry, connection) pair for `sem_index`: both are small
+/// numbers the daemon assigns, not client data, so a multiply-fold is
+/// enough.
+fn pair_hash(e: u32, conn: ConnId) -> u64 {
+    let x = (u64::from(e) << 32 ^ conn.0 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^ (x >> 29)
+}
+
 impl<S: BuildHasher> LockTable<S> {
     pub fn with_hasher(hasher: S) -> Self {
         LockTable {
@@ -145,16 +217,39 @@ impl<S: BuildHasher> LockTable<S> {
             hasher,
             entries: Vec::new(),
             free: Vec::new(),
+            holds: Vec::new(),
+            free_holds: Vec::new(),
+            sem_index: HashTable::new(),
             conns: Vec::new(),
             waiting_count: 0,
+            holding_count: 0,
             limits: Limits::UNLIMITED,
             key_bytes: 0,
+            next_token: 1,
+            last_token: 0,
+            hold_us: Histogram::default(),
         }
     }
 
     /// Sets the bounds checked by later `lock` calls.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
+    }
+
+    /// Sets the token of the next grant (the daemon's start time in ns):
+    /// at least 1, and never lower than a token already issued.
+    pub fn set_token_seed(&mut self, seed: u64) {
+        self.next_token = seed.max(1).max(self.last_token.saturating_add(1));
+    }
+
+    /// The last token issued; 0 before the first grant.
+    pub fn last_token(&self) -> u64 {
+        self.last_token
+    }
+
+    /// Grant-to-release times of every release so far.
+    pub fn hold_histogram(&self) -> &Histogram {
+        &self.hold_us
     }
 
     /// Bytes held keys account for (see `Limits::max_key_bytes`).
@@ -186,6 +281,11 @@ impl<S: BuildHasher> LockTable<S> {
         self.waiting_count
     }
 
+    /// Number of slots held over all keys (a semaphore's holders each count).
+    pub fn holders(&self) -> usize {
+        self.holding_count
+    }
+
     /// Number of keys `conn` holds.
     pub fn held_by(&self, conn: ConnId) -> usize {
         self.conns.get(conn.0).map_or(0, |c| c.held.len())
@@ -196,23 +296,68 @@ impl<S: BuildHasher> LockTable<S> {
         self.conns.get(conn.0).is_some_and(|c| c.waiting.is_some())
     }
 
-    /// The holder of `key`, if any.
+    /// The oldest holder of `key`, if any.
     pub fn holder(&self, key: &[u8]) -> Option<ConnId> {
-        self.find(key).map(|e| self.entries[e as usize].holder)
+        self.info(key).oldest.map(|(c, _, _)| c)
     }
 
-    /// `conn` asks for `key`. The connection must be open and not waiting.
-    pub fn lock(&mut self, conn: ConnId, key: &[u8]) -> LockOutcome {
+    /// The key's limit, holders, waiters and oldest holder.
+    pub fn info(&self, key: &[u8]) -> KeyInfo {
+        let Some(e) = self.find(key) else {
+            return KeyInfo {
+                limit: 0,
+                holders: 0,
+                waiters: 0,
+                oldest: None,
+            };
+        };
+        let entry = &self.entries[e as usize];
+        let oldest = self.holds.get(entry.hold_head as usize);
+        KeyInfo {
+            limit: entry.limit,
+            holders: entry.holders,
+            waiters: entry.waiters,
+            oldest: oldest.map(|h| (h.conn, h.token, h.granted_us)),
+        }
+    }
+
+    /// Pushes the connections holding `key` onto `out`, oldest first.
+    pub fn holders_of(&self, key: &[u8], out: &mut Vec<ConnId>) {
+        let Some(e) = self.find(key) else {
+            return;
+        };
+        let mut h = self.entries[e as usize].hold_head;
+        while let Some(hold) = self.holds.get(h as usize) {
+            out.push(hold.conn);
+            h = hold.next;
+        }
+    }
+
+    /// `conn` asks for one of `limit` slots of `key` (`limit >= 1`; `lock`
+    /// is `limit == 1`). The connection must be open and not waiting.
+    /// Checks in the contract's order: limit mismatch, already held, too
+    /// many locks, table full.
+    pub fn lock(&mut self, conn: ConnId, key: &[u8], limit: u32, now_us: u64) -> LockOutcome {
         debug_assert!(self.conns[conn.0].open && self.conns[conn.0].waiting.is_none());
+        debug_assert!(limit >= 1);
         let hash = self.hash(key);
         let entries = &self.entries;
         if let Some(&e) = self.index.find(hash, |&i| entries[i as usize].key == key) {
             let entry = &self.entries[e as usize];
-            if entry.holder == conn {
+            if entry.limit != limit {
+                return LockOutcome::LimitMismatch;
+            }
+            if self.find_hold(e, conn).is_some() {
                 return LockOutcome::AlreadyHeld;
             }
             if self.conns[conn.0].held.len() >= self.limits.max_held_per_conn {
                 return LockOutcome::TooManyLocks;
+            }
+            let entry = &self.entries[e as usize];
+            if entry.holders < entry.limit {
+                debug_assert_eq!(entry.head, NIL, "waiters while a slot is free");
+                let token = self.give(e, conn, now_us);
+                return LockOutcome::Granted { token };
             }
             self.enqueue(e, conn);
             return LockOutcome::Queued;
@@ -225,25 +370,25 @@ impl<S: BuildHasher> LockTable<S> {
             return LockOutcome::TableFull;
         }
         self.key_bytes += cost;
-        let e = self.alloc_entry(key, hash);
+        let e = self.alloc_entry(key, hash, limit);
         let entries = &self.entries;
         self.index
             .insert_unique(hash, e, |&i| entries[i as usize].hash);
-        self.give(e, conn);
-        LockOutcome::Granted
+        let token = self.give(e, conn, now_us);
+        LockOutcome::Granted { token }
     }
 
-    /// `conn` releases `key`.
-    pub fn unlock(&mut self, conn: ConnId, key: &[u8]) -> UnlockOutcome {
+    /// `conn` releases its slot of `key`.
+    pub fn unlock(&mut self, conn: ConnId, key: &[u8], now_us: u64) -> UnlockOutcome {
         let Some(e) = self.find(key) else {
             return UnlockOutcome::NotLocked;
         };
-        if self.entries[e as usize].holder != conn {
+        let Some(h) = self.find_hold(e, conn) else {
             return UnlockOutcome::NotOwner;
-        }
-        self.take_from_holder(e);
+        };
+        self.release(h, now_us);
         UnlockOutcome::Unlocked {
-            granted: self.pass_on(e),
+            granted: self.pass_on(e, now_us),
         }
     }
 
@@ -260,8 +405,10 @@ impl<S: BuildHasher> LockTable<S> {
         c.prev = NIL;
         c.next = NIL;
         self.waiting_count -= 1;
+        let entry = &mut self.entries[e as usize];
+        entry.waiters -= 1;
         match prev {
-            NIL => self.entries[e as usize].head = next,
+            NIL => entry.head = next,
             p => self.conns[p as usize].next = next,
         }
         match next {
@@ -272,16 +419,17 @@ impl<S: BuildHasher> LockTable<S> {
     }
 
     /// The connection is gone: withdraws its wait and releases every key it
-    /// holds, handing each to its next waiter. Pushes the connections that
-    /// were granted a key onto `granted`, in release order.
-    pub fn close(&mut self, conn: ConnId, granted: &mut Vec<ConnId>) {
+    /// holds, handing each slot to its next waiter. Pushes the connections
+    /// that were granted a slot onto `granted`, with their tokens, in
+    /// release order.
+    pub fn close(&mut self, conn: ConnId, now_us: u64, granted: &mut Vec<(ConnId, u64)>) {
         if !self.conns.get(conn.0).is_some_and(|c| c.open) {
             return;
         }
         self.withdraw(conn);
-        while let Some(&e) = self.conns[conn.0].held.last() {
-            self.take_from_holder(e);
-            if let Some(g) = self.pass_on(e) {
+        while let Some(&h) = self.conns[conn.0].held.last() {
+            let e = self.release(h, now_us);
+            if let Some(g) = self.pass_on(e, now_us) {
                 granted.push(g);
             }
         }
@@ -305,6 +453,7 @@ impl<S: BuildHasher> LockTable<S> {
         h.finish()
     }
 
+    #[inline(always)]
     fn find(&self, key: &[u8]) -> Option<u32> {
         let hash = self.hash(key);
         self.index
@@ -312,14 +461,34 @@ impl<S: BuildHasher> LockTable<S> {
             .copied()
     }
 
-    fn alloc_entry(&mut self, key: &[u8], hash: u64) -> u32 {
+    /// `conn`'s hold on entry `e`, if any: O(1).
+    #[inline(always)]
+    fn find_hold(&self, e: u32, conn: ConnId) -> Option<u32> {
+        let entry = &self.entries[e as usize];
+        if entry.limit == 1 {
+            let h = entry.hold_head;
+            let holds = self.holds.get(h as usize).is_some_and(|x| x.conn == conn);
+            return holds.then_some(h);
+        }
+        let holds = &self.holds;
+        self.sem_index
+            .find(pair_hash(e, conn), |&h| {
+                holds[h as usize].entry == e && holds[h as usize].conn == conn
+            })
+            .copied()
+    }
+
+    fn alloc_entry(&mut self, key: &[u8], hash: u64, limit: u32) -> u32 {
         let fresh = KeyEntry {
             key: Vec::new(),
             hash,
-            holder: ConnId(usize::MAX),
-            holder_pos: NIL,
+            limit,
+            holders: 0,
+            hold_head: NIL,
+            hold_tail: NIL,
             head: NIL,
             tail: NIL,
+            waiters: 0,
             live: true,
         };
         let e = match self.free.pop() {
@@ -333,47 +502,122 @@ impl<S: BuildHasher> LockTable<S> {
         entry.key.clear();
         entry.key.extend_from_slice(key);
         entry.hash = hash;
-        entry.live = true;
+        entry.limit = limit;
+        entry.holders = 0;
+        entry.hold_head = NIL;
+        entry.hold_tail = NIL;
         entry.head = NIL;
         entry.tail = NIL;
+        entry.waiters = 0;
+        entry.live = true;
         e
     }
 
-    /// Makes `conn` the holder of entry `e` (which has no holder).
-    fn give(&mut self, e: u32, conn: ConnId) {
+    /// Gives `conn` a slot of entry `e` (which has one free) with the next
+    /// token; returns the token.
+    #[inline(always)]
+    fn give(&mut self, e: u32, conn: ConnId, now_us: u64) -> u64 {
+        let token = self.next_token;
+        self.next_token = token.saturating_add(1);
+        self.last_token = token;
         let held = &mut self.conns[conn.0].held;
         let entry = &mut self.entries[e as usize];
-        entry.holder = conn;
-        entry.holder_pos = held.len() as u32;
-        held.push(e);
+        let hold = Hold {
+            entry: e,
+            conn,
+            conn_pos: held.len() as u32,
+            prev: entry.hold_tail,
+            next: NIL,
+            token,
+            granted_us: now_us,
+            limit: entry.limit,
+        };
+        let h = match self.free_holds.pop() {
+            Some(h) => {
+                self.holds[h as usize] = hold;
+                h
+            }
+            None => {
+                self.holds.push(hold);
+                u32::try_from(self.holds.len() - 1).expect("fewer than 2^32 holds")
+            }
+        };
+        held.push(h);
+        match entry.hold_tail {
+            NIL => entry.hold_head = h,
+            t => self.holds[t as usize].next = h,
+        }
+        entry.hold_tail = h;
+        entry.holders += 1;
+        self.holding_count += 1;
+        if entry.limit > 1 {
+            let holds = &self.holds;
+            self.sem_index.insert_unique(pair_hash(e, conn), h, |&x| {
+                let x = &holds[x as usize];
+                pair_hash(x.entry, x.conn)
+            });
+        }
+        token
     }
 
-    /// Removes entry `e` from its holder's `held` list.
-    fn take_from_holder(&mut self, e: u32) {
-        let entry = &self.entries[e as usize];
-        let (holder, pos) = (entry.holder, entry.holder_pos as usize);
-        let held = &mut self.conns[holder.0].held;
-        debug_assert_eq!(held[pos], e);
+    /// Releases hold `h` (unlinks it from its holder and its key, records
+    /// its hold time); returns its entry.
+    #[inline(always)]
+    fn release(&mut self, h: u32, now_us: u64) -> u32 {
+        let Hold {
+            entry: e,
+            conn,
+            conn_pos,
+            prev,
+            next,
+            granted_us,
+            ..
+        } = self.holds[h as usize];
+        self.hold_us.record(now_us.saturating_sub(granted_us));
+        let held = &mut self.conns[conn.0].held;
+        let pos = conn_pos as usize;
+        debug_assert_eq!(held[pos], h);
         held.swap_remove(pos);
         if let Some(&moved) = held.get(pos) {
-            self.entries[moved as usize].holder_pos = pos as u32;
+            self.holds[moved as usize].conn_pos = conn_pos;
         }
         let entry = &mut self.entries[e as usize];
-        entry.holder = ConnId(usize::MAX);
-        entry.holder_pos = NIL;
+        match prev {
+            NIL => entry.hold_head = next,
+            p => self.holds[p as usize].next = next,
+        }
+        match next {
+            NIL => entry.hold_tail = prev,
+            n => self.holds[n as usize].prev = prev,
+        }
+        entry.holders -= 1;
+        if entry.limit > 1 {
+            self.sem_index
+                .find_entry(pair_hash(e, conn), |&x| x == h)
+                .expect("semaphore hold is indexed")
+                .remove();
+        }
+        self.holding_count -= 1;
+        self.free_holds.push(h);
+        e
     }
 
-    /// Entry `e` just lost its holder: grant it to the first waiter, or free it.
-    fn pass_on(&mut self, e: u32) -> Option<ConnId> {
-        let head = self.entries[e as usize].head;
+    /// Entry `e` just lost a holder: grant the slot to the first waiter, or
+    /// free the entry once nobody holds it.
+    #[inline(always)]
+    fn pass_on(&mut self, e: u32, now_us: u64) -> Option<(ConnId, u64)> {
+        let entry = &self.entries[e as usize];
+        let head = entry.head;
         if head == NIL {
-            self.free_entry(e);
+            if entry.holders == 0 {
+                self.free_entry(e);
+            }
             return None;
         }
         let next = ConnId(head as usize);
         self.withdraw(next);
-        self.give(e, next);
-        Some(next)
+        let token = self.give(e, next, now_us);
+        Some((next, token))
     }
 
     fn enqueue(&mut self, e: u32, conn: ConnId) {
@@ -387,7 +631,9 @@ impl<S: BuildHasher> LockTable<S> {
             NIL => self.entries[e as usize].head = id,
             t => self.conns[t as usize].next = id,
         }
-        self.entries[e as usize].tail = id;
+        let entry = &mut self.entries[e as usize];
+        entry.tail = id;
+        entry.waiters += 1;
         self.waiting_count += 1;
     }
 
@@ -413,6 +659,8 @@ impl<S: BuildHasher> LockTable<S> {
     pub fn check_invariants(&self) {
         let mut live = 0;
         let mut key_bytes = 0;
+        let mut holding = 0;
+        let mut sem_holds = 0;
         for (i, entry) in self.entries.iter().enumerate() {
             if entry.live {
                 key_bytes += entry.key.len() + KEY_OVERHEAD_BYTES;
@@ -424,16 +672,52 @@ impl<S: BuildHasher> LockTable<S> {
             live += 1;
             let e = i as u32;
             assert_eq!(self.find(&entry.key), Some(e), "entry {i} not indexed");
-            let holder = self
-                .conns
-                .get(entry.holder.0)
-                .unwrap_or_else(|| panic!("entry {i} has no holder"));
-            assert!(holder.open, "entry {i} held by a closed connection");
-            assert_eq!(
-                holder.held.get(entry.holder_pos as usize),
-                Some(&e),
-                "entry {i} holder_pos wrong"
+            assert!(entry.limit >= 1, "entry {i} has limit 0");
+            assert!(
+                (1..=entry.limit).contains(&entry.holders),
+                "entry {i}: {} holders, limit {}",
+                entry.holders,
+                entry.limit
             );
+            // Walk the holders, oldest first: linked both ways, every one a
+            // live connection holding it once, tokens strictly increasing.
+            let mut prev = NIL;
+            let mut h = entry.hold_head;
+            let mut n = 0;
+            let mut last_token = 0;
+            while h != NIL {
+                let hold = &self.holds[h as usize];
+                assert_eq!(hold.entry, e, "hold {h} on the wrong key");
+                assert_eq!(hold.prev, prev, "broken holder back link at {h}");
+                assert_eq!(hold.limit, entry.limit, "entry {i}: N changed while held");
+                let holder = self
+                    .conns
+                    .get(hold.conn.0)
+                    .unwrap_or_else(|| panic!("hold {h} of an unknown connection"));
+                assert!(holder.open, "entry {i} held by a closed connection");
+                assert_eq!(
+                    holder.held.get(hold.conn_pos as usize),
+                    Some(&h),
+                    "hold {h} conn_pos wrong"
+                );
+                assert!(
+                    hold.token > last_token,
+                    "tokens not increasing on entry {i}"
+                );
+                assert!(hold.token <= self.last_token, "token from the future");
+                last_token = hold.token;
+                assert_eq!(self.find_hold(e, hold.conn), Some(h), "hold {h} not found");
+                prev = h;
+                h = hold.next;
+                n += 1;
+                assert!(n <= entry.limit, "entry {i}: more holders than N");
+            }
+            assert_eq!(entry.hold_tail, prev, "entry {i} holder tail wrong");
+            assert_eq!(n, entry.holders, "entry {i} holder count wrong");
+            holding += n as usize;
+            if entry.limit > 1 {
+                sem_holds += n as usize;
+            }
             // Walk the waiter queue forwards, checking back links.
             let mut prev = NIL;
             let mut w = entry.head;
@@ -443,13 +727,24 @@ impl<S: BuildHasher> LockTable<S> {
                 assert!(c.open, "closed connection {w} waits on entry {i}");
                 assert_eq!(c.waiting, Some(e), "connection {w} in wrong queue");
                 assert_eq!(c.prev, prev, "broken back link at {w}");
-                assert_ne!(ConnId(w as usize), entry.holder, "holder waits on own key");
+                assert!(
+                    self.find_hold(e, ConnId(w as usize)).is_none(),
+                    "holder waits on own key"
+                );
                 prev = w;
                 w = c.next;
                 n += 1;
-                assert!(n <= self.conns.len(), "cycle in waiter queue of entry {i}");
+                assert!(
+                    n as usize <= self.conns.len(),
+                    "cycle in waiter queue of entry {i}"
+                );
             }
             assert_eq!(entry.tail, prev, "entry {i} tail wrong");
+            assert_eq!(n, entry.waiters, "entry {i} waiter count wrong");
+            assert!(
+                n == 0 || entry.holders == entry.limit,
+                "entry {i}: waiters while a slot is free"
+            );
         }
         assert_eq!(live, self.index.len(), "index and live entries disagree");
         assert_eq!(key_bytes, self.key_bytes, "key byte count wrong");
@@ -462,6 +757,18 @@ impl<S: BuildHasher> LockTable<S> {
             self.entries.len(),
             "free list out of step"
         );
+        assert_eq!(holding, self.holding_count, "holder count wrong");
+        assert_eq!(
+            holding + self.free_holds.len(),
+            self.holds.len(),
+            "hold free list out of step"
+        );
+        assert_eq!(
+            sem_holds,
+            self.sem_index.len(),
+            "semaphore index out of step"
+        );
+        assert!(self.next_token > self.last_token || self.last_token == u64::MAX);
         let mut waiting = 0;
         for (ci, c) in self.conns.iter().enumerate() {
             if !c.open {
@@ -471,9 +778,9 @@ impl<S: BuildHasher> LockTable<S> {
                 );
                 continue;
             }
-            for &e in &c.held {
+            for &h in &c.held {
                 assert_eq!(
-                    self.entries[e as usize].holder,
+                    self.holds[h as usize].conn,
                     ConnId(ci),
                     "held list of {ci} wrong"
                 );
@@ -490,6 +797,7 @@ impl<S: BuildHasher> LockTable<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Rng;
     use std::collections::{BTreeMap, VecDeque};
 
     fn table(n: usize) -> LockTable {
@@ -500,41 +808,95 @@ mod tests {
         t
     }
 
+    fn granted(o: LockOutcome) -> bool {
+        matches!(o, LockOutcome::Granted { .. })
+    }
+
     #[test]
     fn grant_queue_release_fifo() {
         let mut t = table(12);
-        assert_eq!(t.lock(ConnId(0), b"k"), LockOutcome::Granted);
-        assert_eq!(t.lock(ConnId(0), b"k"), LockOutcome::AlreadyHeld);
+        t.set_token_seed(1000);
+        assert_eq!(t.last_token(), 0);
+        assert_eq!(
+            t.lock(ConnId(0), b"k", 1, 0),
+            LockOutcome::Granted { token: 1000 }
+        );
+        assert_eq!(t.lock(ConnId(0), b"k", 1, 0), LockOutcome::AlreadyHeld);
         for i in 1..12 {
-            assert_eq!(t.lock(ConnId(i), b"k"), LockOutcome::Queued);
+            assert_eq!(t.lock(ConnId(i), b"k", 1, 0), LockOutcome::Queued);
         }
         t.check_invariants();
         for i in 0..11 {
             assert_eq!(
-                t.unlock(ConnId(i), b"k"),
+                t.unlock(ConnId(i), b"k", 0),
                 UnlockOutcome::Unlocked {
-                    granted: Some(ConnId(i + 1))
+                    granted: Some((ConnId(i + 1), 1001 + i as u64))
                 }
             );
             t.check_invariants();
         }
         assert_eq!(
-            t.unlock(ConnId(11), b"k"),
+            t.unlock(ConnId(11), b"k", 0),
             UnlockOutcome::Unlocked { granted: None }
         );
         assert_eq!(t.keys_held(), 0);
-        assert_eq!(t.unlock(ConnId(11), b"k"), UnlockOutcome::NotLocked);
+        assert_eq!(t.unlock(ConnId(11), b"k", 0), UnlockOutcome::NotLocked);
+        assert_eq!(t.last_token(), 1011);
         t.check_invariants();
     }
 
     #[test]
     fn not_owner_and_case_sensitive_keys() {
         let mut t = table(2);
-        assert_eq!(t.lock(ConnId(0), b"Key"), LockOutcome::Granted);
-        assert_eq!(t.unlock(ConnId(1), b"Key"), UnlockOutcome::NotOwner);
-        assert_eq!(t.unlock(ConnId(1), b"key"), UnlockOutcome::NotLocked);
-        assert_eq!(t.lock(ConnId(1), b"key"), LockOutcome::Granted);
+        assert!(granted(t.lock(ConnId(0), b"Key", 1, 0)));
+        assert_eq!(t.unlock(ConnId(1), b"Key", 0), UnlockOutcome::NotOwner);
+        assert_eq!(t.unlock(ConnId(1), b"key", 0), UnlockOutcome::NotLocked);
+        assert!(granted(t.lock(ConnId(1), b"key", 1, 0)));
         assert_eq!(t.holder(b"Key"), Some(ConnId(0)));
+        t.check_invariants();
+    }
+
+    #[test]
+    fn semaphore_slots_fifo_and_mismatch() {
+        let mut t = table(6);
+        for i in 0..3 {
+            assert!(granted(t.lock(ConnId(i), b"s", 3, 10 * i as u64)));
+        }
+        assert_eq!(t.lock(ConnId(0), b"s", 3, 0), LockOutcome::AlreadyHeld);
+        assert_eq!(t.lock(ConnId(3), b"s", 2, 0), LockOutcome::LimitMismatch);
+        assert_eq!(t.lock(ConnId(3), b"s", 1, 0), LockOutcome::LimitMismatch);
+        assert!(!t.is_waiting(ConnId(3)));
+        assert_eq!(t.lock(ConnId(3), b"s", 3, 0), LockOutcome::Queued);
+        assert_eq!(t.lock(ConnId(4), b"s", 3, 0), LockOutcome::Queued);
+        let info = t.info(b"s");
+        assert_eq!((info.limit, info.holders, info.waiters), (3, 3, 2));
+        assert_eq!(info.oldest.map(|(c, _, at)| (c, at)), Some((ConnId(0), 0)));
+        t.check_invariants();
+        // The middle holder leaves: the first waiter gets its slot.
+        let UnlockOutcome::Unlocked {
+            granted: Some((g, _)),
+        } = t.unlock(ConnId(1), b"s", 50)
+        else {
+            panic!("no grant");
+        };
+        assert_eq!(g, ConnId(3));
+        assert_eq!(t.unlock(ConnId(1), b"s", 50), UnlockOutcome::NotOwner);
+        // A waiter that leaves is skipped; the holders are 0, 2, 3.
+        assert!(t.withdraw(ConnId(4)));
+        let mut holders = vec![];
+        t.holders_of(b"s", &mut holders);
+        assert_eq!(holders, vec![ConnId(0), ConnId(2), ConnId(3)]);
+        t.check_invariants();
+        let mut g = vec![];
+        for c in [0, 2, 3] {
+            t.close(ConnId(c), 60, &mut g);
+        }
+        assert!(g.is_empty());
+        assert_eq!(t.keys_held(), 0);
+        assert_eq!(t.holders(), 0);
+        // Gone, the key may come back with another N.
+        assert!(granted(t.lock(ConnId(5), b"s", 1, 70)));
+        assert_eq!(t.hold_histogram().count, 4);
         t.check_invariants();
     }
 
@@ -545,41 +907,46 @@ mod tests {
             max_held_per_conn: 2,
             max_key_bytes: 3 * (KEY_OVERHEAD_BYTES + 1),
         });
-        assert_eq!(t.lock(ConnId(0), b"a"), LockOutcome::Granted);
-        assert_eq!(t.lock(ConnId(0), b"b"), LockOutcome::Granted);
-        assert_eq!(t.lock(ConnId(0), b"c"), LockOutcome::TooManyLocks);
-        assert_eq!(t.lock(ConnId(1), b"c"), LockOutcome::Granted);
+        assert!(granted(t.lock(ConnId(0), b"a", 1, 0)));
+        assert!(granted(t.lock(ConnId(0), b"b", 1, 0)));
+        assert_eq!(t.lock(ConnId(0), b"c", 1, 0), LockOutcome::TooManyLocks);
+        assert!(granted(t.lock(ConnId(1), b"c", 1, 0)));
         // Waiting for a held key counts too: it would be a third lock.
-        assert_eq!(t.lock(ConnId(0), b"c"), LockOutcome::TooManyLocks);
+        assert_eq!(t.lock(ConnId(0), b"c", 1, 0), LockOutcome::TooManyLocks);
+        // The limit mismatch comes first.
+        assert_eq!(t.lock(ConnId(0), b"c", 2, 0), LockOutcome::LimitMismatch);
         assert!(!t.is_waiting(ConnId(0)));
         // The table holds 3 one-byte keys: a fourth key does not fit.
-        assert_eq!(t.lock(ConnId(2), b"d"), LockOutcome::TableFull);
+        assert_eq!(t.lock(ConnId(2), b"d", 1, 0), LockOutcome::TableFull);
         assert_eq!(t.holder(b"d"), None);
         // Queueing on a held key costs nothing.
-        assert_eq!(t.lock(ConnId(2), b"a"), LockOutcome::Queued);
+        assert_eq!(t.lock(ConnId(2), b"a", 1, 0), LockOutcome::Queued);
         t.check_invariants();
         assert_eq!(
-            t.unlock(ConnId(0), b"b"),
+            t.unlock(ConnId(0), b"b", 0),
             UnlockOutcome::Unlocked { granted: None }
         );
         assert_eq!(t.key_bytes(), 2 * (KEY_OVERHEAD_BYTES + 1));
-        assert_eq!(t.lock(ConnId(1), b"d"), LockOutcome::Granted);
+        assert!(granted(t.lock(ConnId(1), b"d", 1, 0)));
         t.check_invariants();
     }
 
     #[test]
     fn withdraw_from_middle_keeps_order() {
         let mut t = table(5);
-        t.lock(ConnId(0), b"k");
+        t.lock(ConnId(0), b"k", 1, 0);
         for i in 1..5 {
-            t.lock(ConnId(i), b"k");
+            t.lock(ConnId(i), b"k", 1, 0);
         }
         assert!(t.withdraw(ConnId(2)));
         assert!(!t.withdraw(ConnId(2)));
         t.check_invariants();
         let mut order = vec![];
         let mut cur = ConnId(0);
-        while let UnlockOutcome::Unlocked { granted: Some(g) } = t.unlock(cur, b"k") {
+        while let UnlockOutcome::Unlocked {
+            granted: Some((g, _)),
+        } = t.unlock(cur, b"k", 0)
+        {
             order.push(g.0);
             cur = g;
         }
@@ -590,14 +957,15 @@ mod tests {
     #[test]
     fn close_releases_everything_and_grants() {
         let mut t = table(4);
-        t.lock(ConnId(0), b"a");
-        t.lock(ConnId(0), b"b");
-        t.lock(ConnId(0), b"c");
-        t.lock(ConnId(1), b"b");
-        t.lock(ConnId(2), b"c");
-        t.lock(ConnId(3), b"x");
+        t.lock(ConnId(0), b"a", 1, 0);
+        t.lock(ConnId(0), b"b", 1, 0);
+        t.lock(ConnId(0), b"c", 1, 0);
+        t.lock(ConnId(1), b"b", 1, 0);
+        t.lock(ConnId(2), b"c", 1, 0);
+        t.lock(ConnId(3), b"x", 1, 0);
         let mut granted = vec![];
-        t.close(ConnId(0), &mut granted);
+        t.close(ConnId(0), 0, &mut granted);
+        let mut granted: Vec<ConnId> = granted.into_iter().map(|(c, _)| c).collect();
         granted.sort();
         assert_eq!(granted, vec![ConnId(1), ConnId(2)]);
         assert_eq!(t.holder(b"a"), None);
@@ -606,111 +974,156 @@ mod tests {
         t.check_invariants();
         // A waiter that closes is withdrawn without granting anything.
         t.open(ConnId(0));
-        t.lock(ConnId(0), b"b");
+        t.lock(ConnId(0), b"b", 1, 0);
         let mut granted = vec![];
-        t.close(ConnId(0), &mut granted);
+        t.close(ConnId(0), 0, &mut granted);
         assert!(granted.is_empty());
         assert_eq!(t.waiters(), 0);
         t.check_invariants();
     }
 
-    /// The table against a tiny reference model, driven by a seeded PRNG.
+    /// The table against a tiny reference model (per key: N, holders in
+    /// grant order, waiters in arrival order), driven by the model's seeded
+    /// Rng; `LOCK_TABLE_SEED` replays a seed.
     #[test]
     fn model() {
+        #[derive(Default)]
+        struct Key {
+            limit: u32,
+            holders: Vec<(usize, u64)>,
+            waiters: VecDeque<usize>,
+        }
         let seed: u64 = std::env::var("LOCK_TABLE_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0x5eed);
-        let mut rng = seed;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = Rng::new(seed);
         const N: usize = 16;
         let mut t = table(N);
-        let mut model: BTreeMap<u8, VecDeque<usize>> = BTreeMap::new();
+        t.set_token_seed(1 << 60);
+        let mut token = 1u64 << 60;
+        let mut model: BTreeMap<u8, Key> = BTreeMap::new();
         let mut waiting = [false; N];
+        // Grants the head waiter of `k` if a slot is free; drops empty keys.
+        fn pass_on(m: &mut Key, waiting: &mut [bool], token: &mut u64) -> Option<(ConnId, u64)> {
+            if (m.holders.len() as u32) < m.limit {
+                if let Some(g) = m.waiters.pop_front() {
+                    waiting[g] = false;
+                    m.holders.push((g, *token));
+                    *token += 1;
+                    return Some((ConnId(g), *token - 1));
+                }
+            }
+            None
+        }
         for step in 0..200_000 {
-            let c = (next() % N as u64) as usize;
-            let k = (next() % 6) as u8;
+            let c = rng.index(N);
+            let k = rng.index(6) as u8;
+            // Keys a, b, c are exclusive; d, e, f semaphores of 2 or 3.
+            let limit = if k < 3 {
+                1
+            } else {
+                2 + u32::from(rng.chance(1, 8))
+            };
             let key = [b'a' + k];
             let ctx = format!("seed {seed} step {step}");
-            match next() % 10 {
+            match rng.below(10) {
                 0..=4 if !waiting[c] => {
-                    let q = model.entry(k).or_default();
-                    let want = if q.is_empty() {
-                        q.push_back(c);
-                        LockOutcome::Granted
-                    } else if q[0] == c {
+                    let m = model.entry(k).or_insert_with(|| Key {
+                        limit,
+                        ..Key::default()
+                    });
+                    let want = if m.limit != limit {
+                        LockOutcome::LimitMismatch
+                    } else if m.holders.iter().any(|&(h, _)| h == c) {
                         LockOutcome::AlreadyHeld
+                    } else if (m.holders.len() as u32) < m.limit {
+                        m.holders.push((c, token));
+                        token += 1;
+                        LockOutcome::Granted { token: token - 1 }
                     } else {
-                        q.push_back(c);
+                        m.waiters.push_back(c);
                         waiting[c] = true;
                         LockOutcome::Queued
                     };
-                    assert_eq!(t.lock(ConnId(c), &key), want, "{ctx}");
+                    if m.holders.is_empty() {
+                        model.remove(&k);
+                    }
+                    assert_eq!(t.lock(ConnId(c), &key, limit, step), want, "{ctx}");
                 }
                 5..=7 if !waiting[c] => {
                     let want = match model.get_mut(&k) {
                         None => UnlockOutcome::NotLocked,
-                        Some(q) if q[0] != c => UnlockOutcome::NotOwner,
-                        Some(q) => {
-                            q.pop_front();
-                            let g = q.front().copied();
-                            if let Some(g) = g {
-                                waiting[g] = false;
-                            } else {
-                                model.remove(&k);
+                        Some(m) => match m.holders.iter().position(|&(h, _)| h == c) {
+                            None => UnlockOutcome::NotOwner,
+                            Some(i) => {
+                                m.holders.remove(i);
+                                let granted = pass_on(m, &mut waiting, &mut token);
+                                if m.holders.is_empty() {
+                                    model.remove(&k);
+                                }
+                                UnlockOutcome::Unlocked { granted }
                             }
-                            UnlockOutcome::Unlocked {
-                                granted: g.map(ConnId),
-                            }
-                        }
+                        },
                     };
-                    assert_eq!(t.unlock(ConnId(c), &key), want, "{ctx}");
+                    assert_eq!(t.unlock(ConnId(c), &key, step), want, "{ctx}");
                 }
                 8 => {
                     let was = waiting[c];
                     if was {
-                        for q in model.values_mut() {
-                            // Only a waiter is withdrawn; the head is the holder.
-                            if let Some(pos) = q.iter().skip(1).position(|&x| x == c) {
-                                q.remove(pos + 1);
-                            }
+                        for m in model.values_mut() {
+                            m.waiters.retain(|&x| x != c);
                         }
                         waiting[c] = false;
                     }
                     assert_eq!(t.withdraw(ConnId(c)), was, "{ctx}");
                 }
                 _ => {
+                    for m in model.values_mut() {
+                        m.waiters.retain(|&x| x != c);
+                    }
+                    waiting[c] = false;
+                    // Releases in the table's order (the reverse of its held
+                    // list is not the model's business): compare as sets,
+                    // with each grant's token taken in release order.
+                    let mut got = vec![];
+                    t.close(ConnId(c), step, &mut got);
+                    t.open(ConnId(c));
                     let mut want = vec![];
-                    for q in model.values_mut() {
-                        if q[0] == c {
-                            q.pop_front();
-                            if let Some(&g) = q.front() {
-                                waiting[g] = false;
-                                want.push(ConnId(g));
+                    for (&k, m) in model.iter_mut() {
+                        if let Some(i) = m.holders.iter().position(|&(h, _)| h == c) {
+                            m.holders.remove(i);
+                            if let Some(&w) = m.waiters.front() {
+                                if (m.holders.len() as u32) < m.limit {
+                                    want.push((k, w));
+                                }
                             }
-                        } else {
-                            q.retain(|&x| x != c);
                         }
                     }
-                    model.retain(|_, q| !q.is_empty());
-                    waiting[c] = false;
-                    let mut got = vec![];
-                    t.close(ConnId(c), &mut got);
-                    t.open(ConnId(c));
-                    got.sort();
-                    want.sort();
-                    assert_eq!(got, want, "{ctx}");
+                    assert_eq!(got.len(), want.len(), "{ctx}");
+                    // Tokens follow the table's release order.
+                    for &(g, tok) in &got {
+                        let (k, _) = *want
+                            .iter()
+                            .find(|&&(_, w)| w == g.0)
+                            .unwrap_or_else(|| panic!("unexpected grant {g:?}; {ctx}"));
+                        let m = model.get_mut(&k).expect("key");
+                        assert_eq!(m.waiters.pop_front(), Some(g.0), "{ctx}");
+                        waiting[g.0] = false;
+                        assert_eq!(tok, token, "{ctx}");
+                        m.holders.push((g.0, token));
+                        token += 1;
+                    }
+                    model.retain(|_, m| !m.holders.is_empty());
                 }
             }
             if step % 64 == 0 {
                 t.check_invariants();
             }
             assert_eq!(t.keys_held(), model.len(), "{ctx}");
+            if token > 1 << 60 {
+                assert_eq!(t.last_token(), token - 1, "{ctx}");
+            }
         }
         t.check_invariants();
     }

@@ -93,6 +93,36 @@ struct Args {
     /// 5 s; one request per connection. Bind it to a private address.
     #[arg(long, value_name = "ADDR:PORT", env = "DREADLOCK_METRICS")]
     metrics: Option<SocketAddr>,
+
+    /// Require every connection to authenticate first: FILE's one line
+    /// (trailing newline stripped) is the shared secret, 1 to 256 bytes of
+    /// A-Z a-z 0-9 - _ . + / =. A client's first command must then be
+    /// `auth SECRET`; anything else is answered `e auth required` and the
+    /// connection closed, a wrong secret `e auth failed` after
+    /// --auth-delay-ms. The daemon refuses to start if FILE is missing,
+    /// empty or not a valid secret, and warns if others may read it.
+    #[arg(long, value_name = "FILE", env = "DREADLOCK_AUTH_FILE")]
+    auth_file: Option<std::path::PathBuf>,
+
+    /// Milliseconds before a wrong secret is answered `e auth failed` and
+    /// the connection closed (a timer: other clients are served meanwhile).
+    /// At least 50.
+    #[arg(long, value_name = "MS", env = "DREADLOCK_AUTH_DELAY_MS",
+          default_value_t = core::DEFAULT_AUTH_DELAY_MS)]
+    auth_delay_ms: u64,
+
+    /// Accept connections only from this network (IPv4 or IPv6 CIDR such as
+    /// 10.0.0.0/8 or fd00::/8, or a single address); repeatable, or
+    /// comma-separated in the variable. Connections from any other address
+    /// are closed at accept and counted as `rejected` in `stats`. Default:
+    /// every address.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        env = "DREADLOCK_ALLOW",
+        value_delimiter = ','
+    )]
+    allow: Vec<dreadlock::allow::Cidr>,
 }
 
 const AFTER_HELP: &str = "\
@@ -105,10 +135,17 @@ Limits (each bounds something a client controls):
   connections      --max-connections (default: the open-file limit)
   timeouts         any digit string (saturating); 67645734910 ms (~2.1 years)
                    or more waits until granted or disconnected
+  semaphore size   acquire KEY MS N: N from 1 to 65535, else `e bad limit`
+  name label       64 bytes: then `e name too long`
+  auth secret      256 bytes: then `e auth failed`; --auth-delay-ms (default 100, >= 50)
+
+Exposure: the default bind (0.0.0.0) is the original's. Restrict it with
+--bind 127.0.0.1, --allow CIDR, or --auth-file FILE (PROTOCOL.md, Exposure).
 
 Examples:
   dreadlock                         listen on 0.0.0.0:6001
   dreadlock 11066 --bind 127.0.0.1  local clients only, port 11066
+  dreadlock --allow 10.0.0.0/8 --auth-file /etc/dreadlock.secret
   printf 'lock a 100\\r\\n' | nc 127.0.0.1 6001
 
 Signals: SIGINT/SIGTERM stop the daemon with a one-line summary on stderr;
@@ -159,13 +196,38 @@ fn run(args: Args, activated: std::io::Result<Option<std::net::TcpListener>>) ->
         ));
     }
 
+    let auth = match args.auth_file.as_deref().map(|p| read_secret(p, &log)) {
+        None => None,
+        Some(Ok(secret)) => Some(secret),
+        Some(Err(e)) => {
+            log.error(format_args!("{e}"));
+            return ExitCode::from(2);
+        }
+    };
+    if args.auth_delay_ms < core::MIN_AUTH_DELAY_MS {
+        log.error(format_args!(
+            "--auth-delay-ms must be at least {}",
+            core::MIN_AUTH_DELAY_MS
+        ));
+        return ExitCode::from(2);
+    }
+    // Fencing tokens start at the wall clock's nanoseconds, so a restarted
+    // daemon issues larger tokens than before (PROTOCOL.md rule V1).
+    let token_seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+
     let config = reactor::Config {
         core: core::Config {
             max_line_bytes: args.max_line_bytes,
             max_pending_bytes: args.max_pending_bytes,
             max_locks_per_connection: args.max_locks_per_connection,
             max_key_bytes: args.max_key_bytes,
+            token_seed,
+            auth,
+            auth_delay_ms: args.auth_delay_ms,
         },
+        allow: dreadlock::allow::AllowList::new(args.allow.clone()),
         max_output_bytes: args.max_output_bytes,
         max_connections,
         backlog: args.backlog,
@@ -195,7 +257,13 @@ fn run(args: Args, activated: std::io::Result<Option<std::net::TcpListener>>) ->
     };
     let log = Log::new(level);
     if let Some(metrics) = args.metrics {
-        let admin = dreadlock::admin::AdminServer::bind(metrics);
+        // The admin port follows --allow, so it is not open where the lock
+        // port is restricted.
+        let allow = dreadlock::allow::AllowList::new(args.allow.clone());
+        let admin = dreadlock::admin::AdminServer::bind(metrics).map(|mut a| {
+            a.set_accept_filter(move |ip| allow.allows(ip));
+            a
+        });
         let local = admin.as_ref().map(|a| a.local_addr()).ok();
         if let Err(e) = admin.and_then(|a| reactor.set_admin(a)) {
             log.error(format_args!("cannot listen on {metrics} (--metrics): {e}"));
@@ -213,6 +281,10 @@ fn run(args: Args, activated: std::io::Result<Option<std::net::TcpListener>>) ->
         reactor.local_addr(),
         max_connections,
     ));
+    if let Some(warning) = exposure_warning(reactor.local_addr().ip(), auth.is_some(), &args.allow)
+    {
+        log.info(format_args!("{warning}"));
+    }
     sd_notify(
         &log,
         &format!(
@@ -224,18 +296,26 @@ fn run(args: Args, activated: std::io::Result<Option<std::net::TcpListener>>) ->
     sd_notify(&log, "STOPPING=1\nSTATUS=stopping");
     match result {
         Ok(s) => {
+            let c = &s.core;
             log.info(format_args!(
-                "stopped after {:.1}s: {} connections accepted (peak {}), {} commands, \
-                 {} granted, {} timed out, {} unlocked, {} error replies, {} syntax errors",
+                "stopped after {:.1}s: {} connections accepted (peak {}, {} rejected), \
+                 {} commands, {} granted ({} after a wait), {} timed out, {} unlocked, \
+                 {} error replies, {} syntax errors, {} auth failures, {} evicted, \
+                 last token {}",
                 s.uptime.as_secs_f64(),
                 s.accepted,
                 s.peak_connections,
-                s.core.commands,
-                s.core.granted,
-                s.core.timeouts,
-                s.core.unlocked,
-                s.core.errors_replied,
-                s.core.syntax_errors,
+                c.rejected,
+                c.commands_total(),
+                c.grants_total(),
+                c.grants_queued,
+                c.timeouts,
+                c.unlocks,
+                c.errors_total(),
+                c.syntax_errors,
+                c.auth_failures,
+                c.evictions,
+                c.last_token,
             ));
             ExitCode::SUCCESS
         }
@@ -251,5 +331,108 @@ fn run(args: Args, activated: std::io::Result<Option<std::net::TcpListener>>) ->
 fn sd_notify(log: &Log, state: &str) {
     if let Err(e) = dreadlock::systemd::notify(state) {
         log.warn(format_args!("cannot notify systemd (NOTIFY_SOCKET): {e}"));
+    }
+}
+
+/// Reads the `--auth-file` secret: its one line, the trailing newline (LF
+/// or CRLF) stripped. Warns (does not refuse) when others may read it.
+fn read_secret(path: &std::path::Path, log: &Log) -> Result<core::Secret, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let shown = path.display();
+    let bytes = std::fs::read(path).map_err(|e| format!("--auth-file {shown}: {e}"))?;
+    let line = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return Err(format!("--auth-file {shown}: the file is empty"));
+    }
+    let secret = core::Secret::new(line).ok_or_else(|| {
+        format!(
+            "--auth-file {shown}: the secret must be one line of 1 to {} bytes of \
+             A-Z a-z 0-9 - _ . + / =",
+            dreadlock::wire::MAX_SECRET_BYTES
+        )
+    })?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o044 != 0 {
+            log.info(format_args!(
+                "warning: --auth-file {shown} is readable by other users; chmod 600 it"
+            ));
+        }
+    }
+    Ok(secret)
+}
+
+/// The startup warning for a daemon any host may use: listening beyond
+/// loopback with no `--auth-file` (and no `--allow` list narrowing it).
+fn exposure_warning(bind: IpAddr, auth: bool, allow: &[dreadlock::allow::Cidr]) -> Option<String> {
+    if bind.is_loopback() || auth {
+        return None;
+    }
+    let who = if allow.is_empty() {
+        "any host that can reach it".to_string()
+    } else {
+        let nets: Vec<String> = allow.iter().map(ToString::to_string).collect();
+        format!("any host in {}", nets.join(", "))
+    };
+    Some(format!(
+        "warning: listening on {bind} without --auth-file: {who} can take and hold every \
+         lock and see who holds what; restrict it with --bind 127.0.0.1, --allow CIDR or \
+         --auth-file FILE"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposure_warning_only_beyond_loopback_without_auth() {
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        let w = exposure_warning(any, false, &[]).expect("a warning");
+        assert!(w.contains("any host that can reach it"), "{w}");
+        assert!(
+            w.contains("--bind 127.0.0.1") && w.contains("--allow") && w.contains("--auth-file")
+        );
+        assert!(!w.contains('\n'), "one line");
+        assert_eq!(exposure_warning(any, true, &[]), None);
+        assert_eq!(
+            exposure_warning("127.0.0.1".parse().unwrap(), false, &[]),
+            None
+        );
+        assert_eq!(exposure_warning("::1".parse().unwrap(), false, &[]), None);
+        let nets = ["10.0.0.0/8".parse().unwrap()];
+        let w = exposure_warning("::".parse().unwrap(), false, &nets).expect("a warning");
+        assert!(w.contains("any host in 10.0.0.0/8"), "{w}");
+    }
+
+    #[test]
+    fn read_secret_strips_one_newline_and_validates() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir();
+        let log = Log::new(Level::Quiet);
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.join(format!("dreadlock-main-{}-{name}", std::process::id()));
+            std::fs::write(&p, bytes).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        };
+        for (name, bytes, ok) in [
+            ("lf", &b"abc\n"[..], true),
+            ("crlf", b"abc\r\n", true),
+            ("bare", b"abc", true),
+            ("empty", b"", false),
+            ("nl", b"\n", false),
+            ("two-lines", b"abc\ndef\n", false),
+            ("space", b"a c\n", false),
+        ] {
+            let p = write(name, bytes);
+            let got = read_secret(&p, &log);
+            assert_eq!(got.is_ok(), ok, "{name}: {got:?}");
+            if let Ok(s) = got {
+                assert!(s.matches(b"abc"));
+            }
+            std::fs::remove_file(&p).unwrap();
+        }
+        assert!(read_secret(&dir.join("dreadlock-main-no-such-file"), &log).is_err());
     }
 }

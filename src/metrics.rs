@@ -1,5 +1,6 @@
-//! The Prometheus text format (version 0.0.4) for `GET /metrics`, and the
-//! `stats` line that SIGUSR1 logs, both rendered from one [`Snapshot`].
+//! The Prometheus text format (version 0.0.4) for `GET /metrics`: the
+//! daemon's counters, gauges and histograms from one [`Snapshot`], and the
+//! standard process metrics.
 //!
 //! # Names
 //!
@@ -44,7 +45,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::stats::{BUCKET_BOUNDS_US, Histogram, ReleaseCause, Stats, Verb};
-use crate::wire::{ErrorReply, STATS_FIELDS};
+use crate::wire::ErrorReply;
 
 /// The `Content-Type` of the rendered text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -400,38 +401,6 @@ pub fn render_admin(out: &mut String, open: u64, accepted: u64, refused: u64) {
         "Admin-endpoint connections closed at accept (over the cap, or not allowed).",
         refused,
     );
-}
-
-/// The `stats` line: `name=value` pairs in [`STATS_FIELDS`] order.
-pub fn stats_line(snap: &Snapshot, version: &str) -> String {
-    let s = &snap.stats;
-    let mut out = String::with_capacity(256);
-    for (i, name) in STATS_FIELDS.iter().enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        let _ = match *name {
-            "version" => write!(out, "version={version}"),
-            "uptime_s" => write!(out, "uptime_s={}", snap.uptime.as_secs()),
-            "connections" => write!(out, "connections={}", snap.connections),
-            "keys" => write!(out, "keys={}", snap.keys),
-            "holders" => write!(out, "holders={}", snap.holders),
-            "waiters" => write!(out, "waiters={}", snap.waiters),
-            "grants" => write!(out, "grants={}", s.grants_total()),
-            "timeouts" => write!(out, "timeouts={}", s.timeouts),
-            "unlocks" => write!(out, "unlocks={}", s.unlocks),
-            "disconnects" => write!(out, "disconnects={}", s.disconnects),
-            "evictions" => write!(out, "evictions={}", s.evictions),
-            "errors" => write!(out, "errors={}", s.errors_total()),
-            "syntax_errors" => write!(out, "syntax_errors={}", s.syntax_errors),
-            "auth_failures" => write!(out, "auth_failures={}", s.auth_failures),
-            "accepted" => write!(out, "accepted={}", snap.accepted),
-            "rejected" => write!(out, "rejected={}", snap.rejected),
-            "token" => write!(out, "token={}", s.last_token),
-            other => write!(out, "{other}=?"),
-        };
-    }
-    out
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -811,23 +780,5 @@ mod tests {
         );
         assert!(me.open_fds >= 3 && me.max_fds >= me.open_fds, "{me:?}");
         assert!(me.start_time_seconds > 1e9);
-    }
-
-    #[test]
-    fn the_stats_line_follows_the_documented_fields() {
-        let line = stats_line(&synthetic(), "9.9.9");
-        let names: Vec<&str> = line
-            .split(' ')
-            .map(|kv| kv.split_once('=').unwrap().0)
-            .collect();
-        assert_eq!(names, STATS_FIELDS);
-        assert!(line.starts_with(
-            "version=9.9.9 uptime_s=18 connections=11 keys=12 holders=13 waiters=14 grants=203 "
-        ));
-        assert!(
-            line.ends_with("accepted=15 rejected=16 token=1700000000000000000"),
-            "{line}"
-        );
-        assert!(!line.contains('?'));
     }
 }

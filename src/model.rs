@@ -38,13 +38,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::core::{Config, Core, INFINITE_TIMEOUT_MS, Output, Reply};
+use std::net::SocketAddr;
+
+use crate::core::{
+    CloseReason, Config, Core, INFINITE_TIMEOUT_MS, MIN_AUTH_DELAY_MS, Output, Reply, Secret,
+};
 use crate::lock_table::{ConnId, KEY_OVERHEAD_BYTES};
 use crate::parser::{
     Command, DEFAULT_MAX_LINE_BYTES, MIN_MAX_LINE_BYTES, ParseError, Parser, RETAINED_KEY_CAPACITY,
     Step,
 };
 use crate::timer::{MAX_TIMEOUT_MS, TimerId, TimerWheel};
+use crate::wire::{ErrorReply, MAX_LABEL_BYTES, MAX_LIMIT, MAX_SECRET_BYTES};
 
 // ---------------------------------------------------------------------------
 // Deterministic randomness
@@ -174,42 +179,76 @@ pub enum RefLine {
 }
 
 /// The command of one complete line, CRLF removed, with straightforward
-/// slice logic: only letters, digits and spaces; no leading space; tokens
-/// split on runs of spaces; `lock KEY DIGITS` or `unlock KEY`, the command
-/// word in any case; a timeout too big for a `u64` saturates.
+/// slice logic: only bytes of the label or secret alphabets and spaces; no
+/// leading space; tokens split on runs of spaces; then one pattern per
+/// command word (in any case), each token checked against its alphabet.
+/// Numbers saturate (a timeout at `u64::MAX`, a limit at `u32::MAX`), and a
+/// label or secret longer than its bound keeps its first bytes and is
+/// marked `too_long` (PROTOCOL.md: a length error, not a syntax error).
 pub fn reference_command(line: &[u8]) -> Option<(Command, Vec<u8>)> {
-    if line.first() == Some(&b' ') || !line.iter().all(|&b| b == b' ' || b.is_ascii_alphanumeric())
-    {
+    use crate::wire::{MAX_LABEL_BYTES, MAX_SECRET_BYTES, is_label_byte, is_secret_byte};
+    let allowed = |b: u8| b == b' ' || is_label_byte(b) || is_secret_byte(b);
+    if line.first() == Some(&b' ') || !line.iter().all(|&b| allowed(b)) {
         return None;
     }
     let tokens: Vec<&[u8]> = line
         .split(|&b| b == b' ')
         .filter(|t| !t.is_empty())
         .collect();
-    match tokens[..] {
-        [word, key, timeout]
-            if word.eq_ignore_ascii_case(b"lock") && timeout.iter().all(u8::is_ascii_digit) =>
-        {
-            // Saturating decimal: a long digit string is "forever".
-            let timeout_ms = std::str::from_utf8(timeout)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(u64::MAX);
-            Some((Command::Lock { timeout_ms }, key.to_vec()))
+    let is_key = |t: &[u8]| t.iter().all(u8::is_ascii_alphanumeric);
+    let is_num = |t: &[u8]| t.iter().all(u8::is_ascii_digit);
+    // Saturating decimal: a long digit string is "forever" / a bad limit.
+    let num = |t: &[u8]| {
+        std::str::from_utf8(t)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    };
+    let word = tokens.first()?.to_ascii_lowercase();
+    let arg = |t: &[u8], max: usize| (t.len() > max, t[..t.len().min(max)].to_vec());
+    match (word.as_slice(), &tokens[1..]) {
+        (b"lock", [key, t]) if is_key(key) && is_num(t) => {
+            Some((Command::Lock { timeout_ms: num(t) }, key.to_vec()))
         }
-        [word, key] if word.eq_ignore_ascii_case(b"unlock") => {
-            Some((Command::Unlock, key.to_vec()))
+        (b"acquire", [key, t, rest @ ..])
+            if is_key(key) && is_num(t) && rest.len() <= 1 && rest.iter().all(|n| is_num(n)) =>
+        {
+            let limit = rest
+                .first()
+                .map_or(1, |n| u32::try_from(num(n)).unwrap_or(u32::MAX));
+            let cmd = Command::Acquire {
+                timeout_ms: num(t),
+                limit,
+            };
+            Some((cmd, key.to_vec()))
+        }
+        (b"unlock", [key]) if is_key(key) => Some((Command::Unlock, key.to_vec())),
+        (b"info", [key]) if is_key(key) => Some((Command::Info, key.to_vec())),
+        (b"evict", [key]) if is_key(key) => Some((Command::Evict, key.to_vec())),
+        (b"stats", []) => Some((Command::Stats, Vec::new())),
+        (b"name", [label]) if label.iter().all(|&b| is_label_byte(b)) => {
+            let (too_long, label) = arg(label, MAX_LABEL_BYTES);
+            Some((Command::Name { too_long }, label))
+        }
+        (b"auth", [secret]) if secret.iter().all(|&b| is_secret_byte(b)) => {
+            let (too_long, secret) = arg(secret, MAX_SECRET_BYTES);
+            Some((Command::Auth { too_long }, secret))
         }
         _ => None,
     }
 }
+
+/// The command words, for [`viable`].
+const WORDS: [&[u8]; 8] = [
+    b"lock", b"unlock", b"acquire", b"info", b"stats", b"name", b"auth", b"evict",
+];
 
 /// Whether `prefix` (no complete line in it) can still become a valid line.
 /// Checked by trying the handful of completions that finish a line from any
 /// point of the grammar, not by a state machine.
 fn viable(prefix: &[u8]) -> bool {
     let lower = prefix.to_ascii_lowercase();
-    if b"lock".starts_with(&lower) || b"unlock".starts_with(&lower) {
+    if WORDS.iter().any(|w| w.starts_with(&lower)) {
         return true;
     }
     const COMPLETIONS: [&[u8]; 8] = [
@@ -338,8 +377,17 @@ fn feed_parser(max_line_bytes: usize, chunks: &[&[u8]]) -> ParseRun {
             match step {
                 Step::Done(cmd) => {
                     let key = p.key();
-                    assert!(!key.is_empty() && key.len() <= max, "bad key length");
-                    assert!(key.iter().all(u8::is_ascii_alphanumeric), "bad key byte");
+                    let (class, most): (fn(u8) -> bool, usize) = match cmd {
+                        Command::Stats => (|_| false, 0),
+                        Command::Name { .. } => (crate::wire::is_label_byte, MAX_LABEL_BYTES),
+                        Command::Auth { .. } => (crate::wire::is_secret_byte, MAX_SECRET_BYTES),
+                        _ => (crate::wire::is_key_byte, max),
+                    };
+                    assert!(
+                        key.len() <= most && (key.is_empty() == (cmd == Command::Stats)),
+                        "bad argument length"
+                    );
+                    assert!(key.iter().all(|&b| class(b)), "bad argument byte");
                     assert_ne!(n, 0, "Done without consuming");
                     run.commands.push((cmd, key.to_vec()));
                     assert!(p.is_idle(), "not idle after Done");
@@ -406,7 +454,7 @@ fn reference_run(input: &[u8], max_line_bytes: usize) -> (ParseRun, Option<RefEr
 }
 
 /// Chunk boundaries drawn from `seed`: a mix of tiny and larger pieces.
-fn random_chunks(input: &[u8], seed: u64) -> Vec<&[u8]> {
+pub fn random_chunks(input: &[u8], seed: u64) -> Vec<&[u8]> {
     let mut rng = Rng::new(seed);
     let mut chunks = Vec::new();
     let mut rest = input;
@@ -721,20 +769,24 @@ fn poll_timer(
 // ---------------------------------------------------------------------------
 
 /// One output for one connection, as compared between core and model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Out {
     Reply(Reply),
-    /// Dropped for a syntax error; the reference's error for the model, the
-    /// parser's for the core (compared with [`RefError::matches`]).
-    Close(Option<RefError>, Option<ParseError>),
+    /// The connection is closed. For a syntax error the model has the
+    /// reference's error and the core the parser's (compared with
+    /// [`RefError::matches`]); any other reason is compared exactly.
+    Close(Option<RefError>, Option<CloseReason>),
 }
 
 impl Out {
     fn same(&self, other: &Out) -> bool {
         match (self, other) {
             (Out::Reply(a), Out::Reply(b)) => a == b,
-            (Out::Close(r, _), Out::Close(_, Some(e)))
-            | (Out::Close(_, Some(e)), Out::Close(r, _)) => r.is_some_and(|r| r.matches(*e)),
+            (Out::Close(Some(r), _), Out::Close(_, Some(CloseReason::Syntax(e))))
+            | (Out::Close(_, Some(CloseReason::Syntax(e))), Out::Close(Some(r), _)) => {
+                r.matches(*e)
+            }
+            (Out::Close(None, Some(a)), Out::Close(None, Some(b))) => a == b,
             _ => false,
         }
     }
@@ -745,6 +797,18 @@ struct Wait {
     key: Vec<u8>,
     /// `(deadline_ms, seq)` for a finite timeout.
     deadline: Option<(u64, u64)>,
+    /// `acquire` (granted with its token), not `lock`.
+    acquire: bool,
+}
+
+/// A connection's auth state in the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum ModelAuth {
+    #[default]
+    Done,
+    Required,
+    /// A wrong secret; closed at `(deadline_ms, seq)`.
+    Failing(u64, u64),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -760,6 +824,17 @@ struct ModelConn {
     /// Bytes the client has not sent yet: the tail of a split command, sent
     /// before whatever it sends next.
     unsent: Vec<u8>,
+    auth: ModelAuth,
+    name: Option<Vec<u8>>,
+}
+
+/// A key in the model: its N, holders in grant order with their tokens and
+/// grant times, waiters in arrival order.
+#[derive(Clone, Debug)]
+struct ModelKey {
+    limit: u32,
+    holders: Vec<(ConnId, u64, u64)>,
+    waiters: VecDeque<ConnId>,
 }
 
 /// Counters of what a run exercised, so tests can assert it did something.
@@ -774,8 +849,32 @@ pub struct HarnessStats {
     pub try_lock_timeouts: u64,
     pub errors_replied: u64,
     pub syntax_errors: u64,
+    /// Connections closed, for any reason.
     pub disconnects: u64,
     pub deliveries_deferred: u64,
+    /// Grants of a semaphore slot (N > 1).
+    pub semaphore_grants: u64,
+    pub limit_errors: u64,
+    pub infos: u64,
+    pub stats_replies: u64,
+    pub names: u64,
+    pub auth_ok: u64,
+    pub auth_failures: u64,
+    pub evictions: u64,
+}
+
+/// The secret of the fuzzed configurations with auth on.
+pub const MODEL_SECRET: &str = "s3cr+t/=";
+
+/// The peer the harness gives connection `conn`: most are loopback (IPv4
+/// or IPv6), every fourth is not, so `evict` meets both answers.
+pub fn model_peer(conn: usize) -> SocketAddr {
+    let port = 1000 + (conn % 60_000) as u16;
+    match conn % 4 {
+        3 => SocketAddr::from(([192, 0, 2, 1], port)),
+        2 => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        _ => SocketAddr::from(([127, 0, 0, 1], port)),
+    }
 }
 
 /// The core and the reference model, driven in lock step. Every public
@@ -786,12 +885,16 @@ pub struct CoreHarness {
     core: Core,
     config: Config,
     now_us: u64,
+    start_us: u64,
     conns: Vec<ModelConn>,
-    /// key -> holder first, then waiters in arrival order.
-    keys: BTreeMap<Vec<u8>, VecDeque<ConnId>>,
-    /// `(deadline_ms, seq, conn)` of every waiter with a finite timeout.
+    keys: BTreeMap<Vec<u8>, ModelKey>,
+    /// `(deadline_ms, seq, conn)` of every waiter with a finite timeout and
+    /// every connection in its auth failure delay.
     deadlines: BTreeSet<(u64, u64, ConnId)>,
     seq: u64,
+    /// The next token and the last one issued (0 before any).
+    next_token: u64,
+    last_token: u64,
     resume: VecDeque<ConnId>,
     /// This step's outputs: the core's with their global position, the
     /// model's, per connection.
@@ -811,12 +914,18 @@ impl CoreHarness {
     pub fn new(config: Config, start_us: u64) -> Self {
         CoreHarness {
             core: Core::new(config, start_us),
-            config,
+            config: Config {
+                auth_delay_ms: config.auth_delay_ms.max(MIN_AUTH_DELAY_MS),
+                ..config
+            },
             now_us: start_us,
+            start_us,
             conns: Vec::new(),
             keys: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             seq: 0,
+            next_token: config.token_seed.max(1),
+            last_token: 0,
             resume: VecDeque::new(),
             got: Vec::new(),
             want: Vec::new(),
@@ -840,6 +949,18 @@ impl CoreHarness {
         self.conns.get(conn).is_some_and(|c| c.wait.is_some())
     }
 
+    /// Whether `conn` is open and must still `auth` (auth on).
+    pub fn needs_auth(&self, conn: usize) -> bool {
+        self.conns
+            .get(conn)
+            .is_some_and(|c| c.open && c.auth == ModelAuth::Required)
+    }
+
+    /// Whether auth is on.
+    pub fn auth_on(&self) -> bool {
+        self.config.auth.is_some()
+    }
+
     /// The connections whose `lock` is waiting.
     pub fn waiting(&self) -> Vec<usize> {
         (0..self.conns.len())
@@ -851,21 +972,16 @@ impl CoreHarness {
         self.conns.iter().filter(|c| c.open).count()
     }
 
-    /// Holds some key.
-    pub fn holds_any(&self, conn: usize) -> bool {
-        self.keys.values().any(|q| q[0] == ConnId(conn))
-    }
-
     /// The keys `conn` holds.
     pub fn keys_held_by(&self, conn: usize) -> Vec<Vec<u8>> {
         self.keys
             .iter()
-            .filter(|(_, q)| q[0] == ConnId(conn))
+            .filter(|(_, k)| k.holders.iter().any(|h| h.0 == ConnId(conn)))
             .map(|(k, _)| k.clone())
             .collect()
     }
 
-    /// The earliest finite deadline of any waiter, in µs.
+    /// The earliest finite deadline of any waiter (or auth delay), in µs.
     pub fn next_deadline_us(&self) -> Option<u64> {
         self.deadlines
             .first()
@@ -886,13 +1002,19 @@ impl CoreHarness {
         &mut self.conns[conn]
     }
 
-    /// A new connection on a free id.
+    /// A new connection on a free id, from [`model_peer`]`(conn)`.
     pub fn open(&mut self, conn: usize) {
         assert!(!self.is_open(conn), "harness misuse: {conn} is open");
         self.begin(format!("open {conn}"));
-        self.core.handle_open(ConnId(conn));
+        self.core.handle_open(ConnId(conn), Some(model_peer(conn)));
+        let auth = if self.config.auth.is_some() {
+            ModelAuth::Required
+        } else {
+            ModelAuth::Done
+        };
         *self.slot(conn) = ModelConn {
             open: true,
+            auth,
             ..ModelConn::default()
         };
         self.finish();
@@ -997,6 +1119,13 @@ impl CoreHarness {
         self.step_desc = desc;
     }
 
+    /// What the model says `wants_input` is.
+    fn model_wants(&self, c: &ModelConn) -> bool {
+        c.open
+            && !matches!(c.auth, ModelAuth::Failing(..))
+            && (c.wait.is_none() || c.buf.len() < self.config.max_pending_bytes)
+    }
+
     /// Hands the connection's inbox to the core if the core wants it.
     fn deliver(&mut self, conn: usize) {
         let c = &mut self.conns[conn];
@@ -1014,7 +1143,7 @@ impl CoreHarness {
         self.model_expire();
         self.model_drain();
         let c = &mut self.conns[conn];
-        if c.open {
+        if c.open && !matches!(c.auth, ModelAuth::Failing(..)) {
             c.buf.extend_from_slice(&bytes);
             if c.wait.is_none() {
                 self.model_run(ConnId(conn));
@@ -1063,13 +1192,12 @@ impl CoreHarness {
     }
 
     fn expect(&mut self, conn: ConnId, out: Out) {
-        if let Out::Reply(r) = out {
+        if let Out::Reply(r) = &out {
             match r {
-                Reply::Locked => self.stats.granted += 1,
                 Reply::Timeout => self.stats.timeouts += 1,
                 Reply::Unlocked => self.stats.unlocked += 1,
-                // Every `e ...` reply.
-                _ => self.stats.errors_replied += 1,
+                Reply::Error(_) => self.stats.errors_replied += 1,
+                _ => {}
             }
         }
         self.want[conn.0].push(out);
@@ -1077,8 +1205,8 @@ impl CoreHarness {
     }
 
     /// Orders connections unblocked at the same instant the way the core
-    /// did: by the position of their next reply in the core's output (ties,
-    /// which mean a missing reply and fail the comparison anyway, by id).
+    /// did: by the position of their next output in the core's output (ties,
+    /// which mean a missing output and fail the comparison anyway, by id).
     fn core_order(&self, mut set: Vec<ConnId>) -> Vec<ConnId> {
         set.sort_by_key(|g| {
             let next = self.want[g.0].len();
@@ -1088,22 +1216,45 @@ impl CoreHarness {
         set
     }
 
-    /// Fires due timeouts (all with `deadline_ms <= now_ms`).
+    /// The next fencing token.
+    fn token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token = t.saturating_add(1);
+        self.last_token = t;
+        t
+    }
+
+    /// Fires due timeouts and auth delays (all with `deadline_ms <= now_ms`),
+    /// one at a time in the core's order: an auth delay that ends closes a
+    /// connection, which may grant a waiter whose own deadline was due too.
     fn model_expire(&mut self) {
         let now_ms = self.now_us / 1000;
-        let mut due = Vec::new();
-        while let Some(&(d, s, c)) = self.deadlines.first() {
-            if d > now_ms {
-                break;
+        loop {
+            let due: Vec<ConnId> = self
+                .deadlines
+                .iter()
+                .take_while(|&&(d, _, _)| d <= now_ms)
+                .map(|&(_, _, c)| c)
+                .collect();
+            let Some(&c) = self.core_order(due).first() else {
+                return;
+            };
+            let entry = *self
+                .deadlines
+                .iter()
+                .find(|&&(_, _, x)| x == c)
+                .expect("due");
+            self.deadlines.remove(&entry);
+            if let ModelAuth::Failing(..) = self.conns[c.0].auth {
+                self.conns[c.0].auth = ModelAuth::Done;
+                self.expect(c, Out::Reply(Reply::Error(ErrorReply::AuthFailed)));
+                self.model_close(c, CloseReason::AuthFailed);
+                continue;
             }
-            self.deadlines.remove(&(d, s, c));
-            due.push(c);
-        }
-        for c in self.core_order(due) {
             let wait = self.conns[c.0].wait.take().expect("a timed waiter waits");
-            let q = self.keys.get_mut(&wait.key).expect("waited key is held");
-            let i = q.iter().skip(1).position(|&x| x == c).expect("queued") + 1;
-            q.remove(i);
+            let k = self.keys.get_mut(&wait.key).expect("waited key is held");
+            let i = k.waiters.iter().position(|&x| x == c).expect("queued");
+            k.waiters.remove(i);
             self.expect(c, Out::Reply(Reply::Timeout));
             self.resume.push_back(c);
         }
@@ -1120,17 +1271,18 @@ impl CoreHarness {
     }
 
     /// Runs `conn`'s buffered commands until they run out, a `lock` waits,
-    /// or a syntax error drops the connection.
+    /// the connection closes, or a wrong secret starts its delay.
     fn model_run(&mut self, conn: ConnId) {
         loop {
             let m = &self.conns[conn.0];
-            if !m.open || m.wait.is_some() {
+            if !m.open || m.wait.is_some() || matches!(m.auth, ModelAuth::Failing(..)) {
                 return;
             }
             match reference_line(&m.buf, self.config.max_line_bytes) {
                 RefLine::Pending => return,
                 RefLine::Error(e) => {
                     self.stats.syntax_errors += 1;
+                    self.stats.disconnects += 1;
                     self.model_forget(conn);
                     self.expect(conn, Out::Close(Some(e), None));
                     return;
@@ -1138,108 +1290,331 @@ impl CoreHarness {
                 RefLine::Command(cmd, key, len) => {
                     self.stats.commands += 1;
                     self.conns[conn.0].buf.drain(..len);
-                    match cmd {
-                        Command::Lock { timeout_ms } => self.model_lock(conn, key, timeout_ms),
-                        Command::Unlock => self.model_unlock(conn, &key),
+                    if self.conns[conn.0].auth == ModelAuth::Required
+                        && !matches!(cmd, Command::Auth { .. })
+                    {
+                        self.stats.auth_failures += 1;
+                        self.expect(conn, Out::Reply(Reply::Error(ErrorReply::AuthRequired)));
+                        self.model_close(conn, CloseReason::AuthRequired);
+                        return;
                     }
+                    self.model_command(conn, cmd, key);
                 }
             }
         }
     }
 
-    fn model_lock(&mut self, conn: ConnId, key: Vec<u8>, timeout_ms: u64) {
+    fn model_command(&mut self, conn: ConnId, cmd: Command, key: Vec<u8>) {
+        let reply = match cmd {
+            Command::Lock { timeout_ms } => {
+                return self.model_lock(conn, key, timeout_ms, 1, false);
+            }
+            Command::Acquire { timeout_ms, limit } if (1..=MAX_LIMIT).contains(&limit) => {
+                return self.model_lock(conn, key, timeout_ms, limit, true);
+            }
+            Command::Acquire { .. } => {
+                self.stats.limit_errors += 1;
+                Reply::Error(ErrorReply::BadLimit)
+            }
+            Command::Unlock => return self.model_unlock(conn, &key),
+            Command::Info => {
+                self.stats.infos += 1;
+                Reply::Line(self.info_line(&key).into_boxed_slice())
+            }
+            Command::Stats => {
+                self.stats.stats_replies += 1;
+                Reply::Line(self.stats_line().into_boxed_slice())
+            }
+            Command::Name { too_long: true } => Reply::Error(ErrorReply::NameTooLong),
+            Command::Name { too_long: false } => {
+                self.stats.names += 1;
+                self.conns[conn.0].name = Some(key);
+                Reply::Ok
+            }
+            Command::Auth { too_long } => match self.config.auth {
+                None => Reply::Error(ErrorReply::AuthNotEnabled),
+                Some(s) if !too_long && s.matches(&key) => {
+                    self.stats.auth_ok += 1;
+                    self.conns[conn.0].auth = ModelAuth::Done;
+                    Reply::Ok
+                }
+                Some(_) => {
+                    self.stats.auth_failures += 1;
+                    self.seq += 1;
+                    let d = self
+                        .now_us
+                        .div_ceil(1000)
+                        .saturating_add(self.config.auth_delay_ms);
+                    self.deadlines.insert((d, self.seq, conn));
+                    let m = &mut self.conns[conn.0];
+                    m.auth = ModelAuth::Failing(d, self.seq);
+                    // Nothing after a wrong secret runs.
+                    m.buf.clear();
+                    return;
+                }
+            },
+            Command::Evict => {
+                let loopback = match model_peer(conn.0).ip() {
+                    std::net::IpAddr::V4(a) => a.is_loopback(),
+                    std::net::IpAddr::V6(a) => a.is_loopback(),
+                };
+                if self.config.auth.is_none() && !loopback {
+                    Reply::Error(ErrorReply::NotAllowed)
+                } else {
+                    let victims: Vec<ConnId> = self
+                        .keys
+                        .get(&key)
+                        .map(|k| k.holders.iter().map(|h| h.0).collect())
+                        .unwrap_or_default();
+                    self.expect(conn, Out::Reply(Reply::evicted(victims.len() as u64)));
+                    for v in victims {
+                        self.stats.evictions += 1;
+                        self.model_close(v, CloseReason::Evicted);
+                    }
+                    return;
+                }
+            }
+        };
+        self.expect(conn, Out::Reply(reply));
+    }
+
+    /// The model's `info` line (PROTOCOL.md rule V8).
+    fn info_line(&self, key: &[u8]) -> Vec<u8> {
+        let mut s = match self.keys.get(key) {
+            None => "i limit=0 holders=0 waiters=0".to_string(),
+            Some(k) => {
+                let (c, token, at) = k.holders[0];
+                let mut s = format!(
+                    "i limit={} holders={} waiters={} token={token} held_ms={} peer={}",
+                    k.limit,
+                    k.holders.len(),
+                    k.waiters.len(),
+                    (self.now_us - at) / 1000,
+                    model_peer(c.0)
+                );
+                if let Some(name) = &self.conns[c.0].name {
+                    s += " name=";
+                    s += std::str::from_utf8(name).expect("labels are ASCII");
+                }
+                s
+            }
+        };
+        s += "\r\n";
+        s.into_bytes()
+    }
+
+    /// The model's `stats` line, every field computed from the model.
+    fn stats_line(&self) -> Vec<u8> {
+        let m = &self.stats;
+        let holders: usize = self.keys.values().map(|k| k.holders.len()).sum();
+        let waiters: usize = self.keys.values().map(|k| k.waiters.len()).sum();
+        let accepted = self.stats_opens();
+        let fields: Vec<(&str, String)> = vec![
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+            (
+                "uptime_s",
+                ((self.now_us - self.start_us) / 1_000_000).to_string(),
+            ),
+            ("connections", self.open_count().to_string()),
+            ("keys", self.keys.len().to_string()),
+            ("holders", holders.to_string()),
+            ("waiters", waiters.to_string()),
+            ("grants", m.granted.to_string()),
+            ("timeouts", m.timeouts.to_string()),
+            ("unlocks", m.unlocked.to_string()),
+            ("disconnects", m.disconnects.to_string()),
+            ("evictions", m.evictions.to_string()),
+            ("errors", m.errors_replied.to_string()),
+            ("syntax_errors", m.syntax_errors.to_string()),
+            ("auth_failures", m.auth_failures.to_string()),
+            ("accepted", accepted.to_string()),
+            ("rejected", "0".to_string()),
+            ("token", self.last_token.to_string()),
+            ("commands", m.commands.to_string()),
+        ];
+        let names: Vec<&str> = fields.iter().map(|f| f.0).collect();
+        assert_eq!(names, crate::wire::STATS_FIELDS, "model's stats fields");
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("s {}\r\n", body.join(" ")).into_bytes()
+    }
+
+    /// Connections opened so far: the open ones plus the closed ones.
+    fn stats_opens(&self) -> u64 {
+        self.open_count() as u64 + self.stats.disconnects
+    }
+
+    fn model_lock(
+        &mut self,
+        conn: ConnId,
+        key: Vec<u8>,
+        timeout_ms: u64,
+        limit: u32,
+        acquire: bool,
+    ) {
         // The table's limits: keys held per connection, bytes of held keys.
-        let held = self.keys.values().filter(|q| q[0] == conn).count();
+        let held = self
+            .keys
+            .values()
+            .filter(|k| k.holders.iter().any(|h| h.0 == conn))
+            .count();
         let too_many = held >= self.config.max_locks_per_connection;
-        let reply = match self.keys.get_mut(&key) {
-            None if too_many => Reply::TooManyLocks,
+        let now_us = self.now_us;
+        let reply = match self.keys.get(&key) {
+            Some(k) if k.limit != limit => {
+                self.stats.limit_errors += 1;
+                Reply::Error(ErrorReply::LimitMismatch)
+            }
+            Some(k) if k.holders.iter().any(|h| h.0 == conn) => {
+                Reply::Error(ErrorReply::AlreadyLocked)
+            }
+            _ if too_many => Reply::Error(ErrorReply::TooManyLocks),
             None => {
                 let used: usize = self.keys.keys().map(|k| k.len() + KEY_OVERHEAD_BYTES).sum();
                 if used + key.len() + KEY_OVERHEAD_BYTES > self.config.max_key_bytes {
-                    Reply::TableFull
+                    Reply::Error(ErrorReply::TableFull)
                 } else {
-                    self.keys.insert(key, VecDeque::from([conn]));
-                    Reply::Locked
+                    let token = self.token();
+                    self.keys.insert(
+                        key,
+                        ModelKey {
+                            limit,
+                            holders: vec![(conn, token, now_us)],
+                            waiters: VecDeque::new(),
+                        },
+                    );
+                    self.granted(limit);
+                    grant_reply(acquire, token)
                 }
             }
-            Some(q) if q[0] == conn => Reply::AlreadyLocked,
-            Some(_) if too_many => Reply::TooManyLocks,
+            Some(k) if (k.holders.len() as u32) < k.limit => {
+                let token = self.token();
+                let k = self.keys.get_mut(&key).expect("present");
+                k.holders.push((conn, token, now_us));
+                self.granted(limit);
+                grant_reply(acquire, token)
+            }
             Some(_) if timeout_ms == 0 => {
                 self.stats.try_lock_timeouts += 1;
                 Reply::Timeout
             }
-            Some(q) => {
-                q.push_back(conn);
+            Some(_) => {
                 let deadline = (timeout_ms < INFINITE_TIMEOUT_MS).then(|| {
                     self.seq += 1;
                     let d = self.now_us.div_ceil(1000).saturating_add(timeout_ms);
                     self.deadlines.insert((d, self.seq, conn));
                     (d, self.seq)
                 });
-                self.conns[conn.0].wait = Some(Wait { key, deadline });
+                let k = self.keys.get_mut(&key).expect("present");
+                k.waiters.push_back(conn);
+                self.conns[conn.0].wait = Some(Wait {
+                    key,
+                    deadline,
+                    acquire,
+                });
                 return;
             }
         };
         self.expect(conn, Out::Reply(reply));
     }
 
+    fn granted(&mut self, limit: u32) {
+        self.stats.granted += 1;
+        if limit > 1 {
+            self.stats.semaphore_grants += 1;
+        }
+    }
+
     fn model_unlock(&mut self, conn: ConnId, key: &[u8]) {
-        let reply = match self.keys.get_mut(key) {
-            None => Reply::NotLocked,
-            Some(q) if q[0] != conn => Reply::NotOwner,
-            Some(q) => {
-                q.pop_front();
-                match q.front().copied() {
-                    Some(g) => self.grant(g),
-                    None => {
+        let (reply, granted) = match self.keys.get_mut(key) {
+            None => (Reply::Error(ErrorReply::NotLocked), None),
+            Some(k) => match k.holders.iter().position(|h| h.0 == conn) {
+                None => (Reply::Error(ErrorReply::NotOwner), None),
+                Some(i) => {
+                    k.holders.remove(i);
+                    let g = k.waiters.front().copied();
+                    if g.is_none() && k.holders.is_empty() {
                         self.keys.remove(key);
                     }
+                    (Reply::Unlocked, g)
                 }
-                Reply::Unlocked
-            }
+            },
         };
+        if let Some(g) = granted {
+            self.grant(key, g);
+        }
         self.expect(conn, Out::Reply(reply));
     }
 
-    /// `g`, now at the head of its key's queue, gets the lock.
-    fn grant(&mut self, g: ConnId) {
+    /// `g`, at the head of `key`'s queue with a slot free, gets it.
+    fn grant(&mut self, key: &[u8], g: ConnId) {
         let wait = self.conns[g.0].wait.take().expect("granted conn waited");
         if let Some((d, s)) = wait.deadline {
             assert!(self.deadlines.remove(&(d, s, g)));
         }
+        let token = self.token();
+        let now_us = self.now_us;
+        let k = self.keys.get_mut(key).expect("granted key exists");
+        assert_eq!(k.waiters.pop_front(), Some(g));
+        k.holders.push((g, token, now_us));
+        let limit = k.limit;
+        self.granted(limit);
         self.stats.granted_after_wait += 1;
-        self.expect(g, Out::Reply(Reply::Locked));
+        self.expect(g, Out::Reply(grant_reply(wait.acquire, token)));
         self.resume.push_back(g);
     }
 
-    /// The connection is gone: its wait is withdrawn, its keys pass to their
-    /// next waiters.
+    /// The core closes `conn` for `reason`: as a disconnect, then the close.
+    fn model_close(&mut self, conn: ConnId, reason: CloseReason) {
+        if !self.conns[conn.0].open {
+            return;
+        }
+        self.stats.disconnects += 1;
+        self.model_forget(conn);
+        self.expect(conn, Out::Close(None, Some(reason)));
+    }
+
+    /// The connection is gone: its wait or auth delay is withdrawn, its
+    /// slots pass to their next waiters.
     fn model_forget(&mut self, conn: ConnId) {
         let m = &mut self.conns[conn.0];
         m.open = false;
         m.buf.clear();
         m.inbox.clear();
         m.unsent.clear();
+        m.name = None;
+        if let ModelAuth::Failing(d, s) = m.auth {
+            assert!(self.deadlines.remove(&(d, s, conn)));
+        }
+        m.auth = ModelAuth::Done;
         if let Some(w) = m.wait.take() {
             if let Some((d, s)) = w.deadline {
                 assert!(self.deadlines.remove(&(d, s, conn)));
             }
-            let q = self.keys.get_mut(&w.key).expect("waited key is held");
-            q.retain(|&x| x != conn);
+            let k = self.keys.get_mut(&w.key).expect("waited key is held");
+            k.waiters.retain(|&x| x != conn);
         }
+        // Release every slot; the waiters granted are ordered (and get
+        // their tokens) the way the core granted them.
         let mut granted = Vec::new();
-        self.keys.retain(|_, q| {
-            if q[0] != conn {
-                return true;
+        for (key, k) in self.keys.iter_mut() {
+            if let Some(i) = k.holders.iter().position(|h| h.0 == conn) {
+                k.holders.remove(i);
+                if let Some(&g) = k.waiters.front() {
+                    granted.push((g, key.clone()));
+                }
             }
-            q.pop_front();
-            if let Some(&g) = q.front() {
-                granted.push(g);
-            }
-            !q.is_empty()
-        });
-        for g in self.core_order(granted) {
-            self.grant(g);
+        }
+        self.keys
+            .retain(|_, k| !k.holders.is_empty() || !k.waiters.is_empty());
+        let order = self.core_order(granted.iter().map(|&(g, _)| g).collect());
+        for g in order {
+            let key = granted
+                .iter()
+                .find(|(x, _)| *x == g)
+                .expect("granted")
+                .1
+                .clone();
+            self.grant(&key, g);
         }
     }
 
@@ -1250,7 +1625,7 @@ impl CoreHarness {
         touched.sort_unstable();
         touched.dedup();
         for &c in &touched {
-            let got: Vec<Out> = self.got[c].iter().map(|&(_, o)| o).collect();
+            let got: Vec<Out> = self.got[c].iter().map(|(_, o)| o.clone()).collect();
             let want = &self.want[c];
             if got.len() != want.len() || !got.iter().zip(want).all(|(g, w)| g.same(w)) {
                 panic!(
@@ -1269,6 +1644,8 @@ impl CoreHarness {
         let open = self.open_count();
         assert_eq!(self.core.connections(), open, "open connections; {ctx}");
         assert_eq!(self.core.keys_held(), self.keys.len(), "keys held; {ctx}");
+        let holders: usize = self.keys.values().map(|k| k.holders.len()).sum();
+        assert_eq!(self.core.holders(), holders, "holders; {ctx}");
         let waiting = self.conns.iter().filter(|c| c.wait.is_some()).count();
         assert_eq!(self.core.waiters(), waiting, "waiters; {ctx}");
         for (i, m) in self.conns.iter().enumerate() {
@@ -1278,7 +1655,7 @@ impl CoreHarness {
                 m.wait.is_some(),
                 "{c:?} waiting; {ctx}"
             );
-            let wants = m.open && (m.wait.is_none() || m.buf.len() < self.config.max_pending_bytes);
+            let wants = self.model_wants(m);
             assert_eq!(self.core.wants_input(c), wants, "{c:?} wants_input; {ctx}");
         }
         // The reactor sleeps until poll_timeout: it must not be later than
@@ -1292,21 +1669,56 @@ impl CoreHarness {
         let st = self.core.stats();
         let m = &self.stats;
         assert_eq!(
-            (st.commands, st.granted, st.timeouts, st.unlocked),
+            (
+                st.commands_total(),
+                st.grants_total(),
+                st.timeouts,
+                st.unlocks
+            ),
             (m.commands, m.granted, m.timeouts, m.unlocked),
             "stats (commands, granted, timeouts, unlocked); {ctx}"
         );
         assert_eq!(
-            (st.errors_replied, st.syntax_errors, st.disconnects),
-            (m.errors_replied, m.syntax_errors, m.disconnects),
-            "stats (errors replied, syntax errors, disconnects); {ctx}"
+            (
+                st.errors_total(),
+                st.syntax_errors,
+                st.disconnects,
+                st.auth_failures,
+                st.evictions
+            ),
+            (
+                m.errors_replied,
+                m.syntax_errors,
+                m.disconnects,
+                m.auth_failures,
+                m.evictions
+            ),
+            "stats (errors replied, syntax errors, disconnects, auth failures, evictions); {ctx}"
         );
+        assert_eq!(
+            st.grants_queued, m.granted_after_wait,
+            "queued grants; {ctx}"
+        );
+        assert_eq!(st.last_token, self.last_token, "last token; {ctx}");
+        assert_eq!(st.wait_granted.count, m.granted, "wait histogram; {ctx}");
+        assert_eq!(st.accepted, self.stats_opens(), "accepted; {ctx}");
         self.core.check_invariants();
     }
 }
 
+/// `a <token>` for `acquire`, `l locked` for `lock`.
+fn grant_reply(acquire: bool, token: u64) -> Reply {
+    if acquire {
+        Reply::acquired(token)
+    } else {
+        Reply::Locked
+    }
+}
+
 /// The core configurations a fuzz input's first byte selects from: line
-/// and pending-input limits, and (from 25 up) small lock-table limits.
+/// and pending-input limits, (from 25 up) small lock-table limits, and from
+/// 200 up auth on (with [`MODEL_SECRET`]); odd values start the tokens at a
+/// wall-clock-like seed.
 fn core_config(b: u8) -> Config {
     const LINES: [usize; 5] = [16, 20, 32, 64, DEFAULT_MAX_LINE_BYTES];
     const PENDING: [usize; 5] = [0, 12, 40, 200, 64 * 1024];
@@ -1329,6 +1741,13 @@ fn core_config(b: u8) -> Config {
         max_pending_bytes: PENDING[usize::from(b / 5 % 5)],
         max_locks_per_connection,
         max_key_bytes,
+        token_seed: if b % 2 == 1 {
+            1_700_000_000_000_000_000
+        } else {
+            1
+        },
+        auth: (b >= 200).then(|| Secret::new(MODEL_SECRET.as_bytes()).expect("valid secret")),
+        auth_delay_ms: if b % 4 < 2 { 50 } else { 100 },
     }
 }
 
@@ -1418,6 +1837,12 @@ pub fn check_core(data: &[u8]) {
         let conn = usize::from(op >> 4 & 7);
         let flag = op & 0x80 != 0;
         match op & 0x0f {
+            // A version 2 command (opening the connection if needed).
+            0 if flag => {
+                let arg = b.u8();
+                let text = v2_command_text(arg, b.u8());
+                h.send(conn, &text);
+            }
             0 => {
                 if !h.is_open(conn) {
                     h.open(conn)
@@ -1532,6 +1957,62 @@ pub fn check_core(data: &[u8]) {
     assert_eq!(h.core().keys_held(), 0);
     assert_eq!(h.core().waiters(), 0);
     assert_eq!(h.core().poll_timeout(), None);
+}
+
+/// Labels the core fuzzer names connections with: ordinary ones, one of
+/// exactly 64 bytes (the longest allowed) and one of 65 (`e name too long`).
+fn label_text(i: u8) -> String {
+    match i % 4 {
+        0 => "job-1".into(),
+        1 => "host.example/42:cron_x".into(),
+        2 => "L".repeat(crate::wire::MAX_LABEL_BYTES),
+        _ => "L".repeat(crate::wire::MAX_LABEL_BYTES + 1),
+    }
+}
+
+/// Semaphore sizes around the bounds: absent (1), 1, 2, 3, 0 and 65536 (bad),
+/// 65535, and a digit string past `u32`.
+fn limit_text(i: u8) -> Option<String> {
+    match i % 8 {
+        0 => None,
+        1 => Some("1".into()),
+        2 | 3 => Some("2".into()),
+        4 => Some("3".into()),
+        5 => Some(["0", "65536"][usize::from(i / 8 % 2)].into()),
+        6 => Some(MAX_LIMIT.to_string()),
+        _ => Some("99999999999".into()),
+    }
+}
+
+/// A version 2 command from two data bytes: `arg`'s low 3 bits pick the
+/// command, the rest and `x` its arguments.
+fn v2_command_text(arg: u8, x: u8) -> Vec<u8> {
+    let key = KEYS[usize::from(x & 7)];
+    let style = x >> 3;
+    let word_text = |word: &str, rest: &str| command_text(word, rest, None, style);
+    match arg & 7 {
+        // acquire KEY T [N]
+        0 | 7 => {
+            let mut t = timeout_text(x >> 4);
+            if let Some(n) = limit_text(arg >> 3) {
+                t = format!("{t} {n}");
+            }
+            command_text("acquire", key, Some(&t), arg >> 3)
+        }
+        1 => word_text("info", key),
+        // `stats` and spaces (`command_text` puts one or more after the
+        // word, before the empty key): `stats *SP` allows them.
+        2 => command_text("stats", "", None, style),
+        3 => word_text("name", &label_text(arg >> 3)),
+        4 => word_text("auth", MODEL_SECRET),
+        5 => match arg >> 3 & 3 {
+            0 => word_text("auth", "wrong"),
+            1 => word_text("auth", &"s".repeat(crate::wire::MAX_SECRET_BYTES + 1)),
+            2 => word_text("auth", &MODEL_SECRET[..MODEL_SECRET.len() - 1]),
+            _ => word_text("auth", &format!("{MODEL_SECRET}x")),
+        },
+        _ => word_text("evict", key),
+    }
 }
 
 fn send_maybe_split(h: &mut CoreHarness, b: &mut Bytes<'_>, conn: usize, text: &[u8], split: bool) {

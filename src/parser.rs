@@ -1,14 +1,23 @@
 //! Resumable parser for the dreadlock wire grammar.
 //!
-//! The grammar (the contract in `PROTOCOL.md`, which mirrors the original's
-//! ragel machine):
+//! The grammar (the contract in `PROTOCOL.md` at the repository root, which
+//! mirrors the original's ragel machine and adds the version 2 commands):
 //!
 //! ```text
-//! line    = ( lock / unlock ) CRLF
-//! lock    = "lock"   1*SP key 1*SP timeout *SP      ; command word case-insensitive
-//! unlock  = "unlock" 1*SP key *SP                   ; "LOCK", "Unlock", ... all valid
-//! key     = 1*( %x41-5A / %x61-7A / %x30-39 )      ; ASCII letters and digits; case-sensitive
+//! line    = ( lock / unlock / acquire / info / stats / name / auth / evict ) CRLF
+//! lock    = "lock"    1*SP key 1*SP timeout *SP     ; command words case-insensitive
+//! unlock  = "unlock"  1*SP key *SP                  ; "LOCK", "Unlock", ... all valid
+//! acquire = "acquire" 1*SP key 1*SP timeout [1*SP limit] *SP
+//! info    = "info"    1*SP key *SP
+//! stats   = "stats"   *SP
+//! name    = "name"    1*SP label *SP
+//! auth    = "auth"    1*SP secret *SP
+//! evict   = "evict"   1*SP key *SP
+//! key     = 1*( ALPHA / DIGIT )                     ; case-sensitive
 //! timeout = 1*DIGIT                                 ; milliseconds, decimal
+//! limit   = 1*DIGIT                                 ; semaphore size
+//! label   = 1*( ALPHA / DIGIT / "-" / "_" / "." / ":" / "/" )
+//! secret  = 1*( ALPHA / DIGIT / "-" / "_" / "." / "+" / "/" / "=" )
 //! SP      = %x20                                    ; a space only: no tabs
 //! CRLF    = %x0D %x0A                               ; a bare LF is a syntax error
 //! ```
@@ -16,7 +25,17 @@
 //! Nothing else is accepted: no leading spaces, no empty lines, no tabs, no
 //! bare LF, nothing after the last token but spaces and CRLF. A timeout too
 //! large for a `u64` saturates at `u64::MAX` (it means "wait until granted or
-//! disconnected"), so no digit string can panic or wrap.
+//! disconnected"), and a limit too large for a `u32` saturates at
+//! `u32::MAX` (the core answers it `e bad limit`), so no digit string can
+//! panic or wrap.
+//!
+//! The lengths of a label and a secret are not grammar: a label over
+//! [`MAX_LABEL_BYTES`] is `e name too long` and
+//! a secret over [`MAX_SECRET_BYTES`] is
+//! `e auth failed` (PROTOCOL.md, rules V3, V4 and V6). The parser keeps at most
+//! that many bytes of either and reports the rest only as `too_long`, so
+//! what it buffers stays bounded; the line limit still applies to the whole
+//! line.
 //!
 //! The parser is a byte-at-a-time state machine (the private `State` enum)
 //! that keeps all of its progress in itself, so input may be split anywhere:
@@ -28,11 +47,13 @@
 //!
 //! Every line is bounded by `max_line_bytes` (CR and LF included), so a client
 //! cannot make the parser buffer an unbounded key. The only buffered data is
-//! the key, in a `Vec` reused from command to command; its retained capacity
-//! is capped at [`RETAINED_KEY_CAPACITY`] so that one huge key does not pin
-//! memory for the rest of a connection's life.
+//! the argument (key, label or secret), in a `Vec` reused from command to
+//! command; its retained capacity is capped at [`RETAINED_KEY_CAPACITY`] so
+//! that one huge key does not pin memory for the rest of a connection's life.
 
 use std::fmt;
+
+use crate::wire::{self, MAX_LABEL_BYTES, MAX_SECRET_BYTES};
 
 /// Default maximum command line length in bytes, CRLF included (the original's
 /// buffer: the C daemon read commands into a 10,000-byte buffer and a longer
@@ -47,21 +68,56 @@ pub const MIN_MAX_LINE_BYTES: usize = 16;
 /// Key buffer capacity kept between commands. Past it the buffer is shrunk
 /// after the command, so memory held per idle connection stays small even
 /// after a client sent a key of many kilobytes. Typical keys fit, so the
-/// steady state allocates nothing.
+/// steady state allocates nothing. At least [`MAX_SECRET_BYTES`], so the
+/// longest argument that is not a key never reallocates either.
 pub const RETAINED_KEY_CAPACITY: usize = 256;
+
+const _: () = assert!(RETAINED_KEY_CAPACITY >= MAX_SECRET_BYTES);
 
 /// Smallest allocation made for a key, so that a stream of slightly growing
 /// short keys does not reallocate for each one.
 const MIN_KEY_CAPACITY: usize = 16;
 
-/// A complete, syntactically valid command. Its key is read with
-/// [`Parser::key`].
+/// A complete, syntactically valid command. Its key (or label, or secret) is
+/// read with [`Parser::key`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     /// `lock <key> <timeout>`: `timeout_ms` saturates at `u64::MAX`.
     Lock { timeout_ms: u64 },
     /// `unlock <key>`.
     Unlock,
+    /// `acquire <key> <timeout> [<limit>]`: `limit` is 1 when absent and
+    /// saturates at `u32::MAX`; the core checks its range.
+    Acquire { timeout_ms: u64, limit: u32 },
+    /// `info <key>`.
+    Info,
+    /// `stats`; [`Parser::key`] is empty.
+    Stats,
+    /// `name <label>`: [`Parser::key`] is the label, or its first
+    /// [`MAX_LABEL_BYTES`] bytes when `too_long`.
+    Name { too_long: bool },
+    /// `auth <secret>`: [`Parser::key`] is the secret, or its first
+    /// [`MAX_SECRET_BYTES`] bytes when `too_long`.
+    Auth { too_long: bool },
+    /// `evict <key>`.
+    Evict,
+}
+
+impl Command {
+    /// The command word, for the daemon's counters.
+    pub const fn verb(self) -> crate::stats::Verb {
+        use crate::stats::Verb as V;
+        match self {
+            Command::Lock { .. } => V::Lock,
+            Command::Unlock => V::Unlock,
+            Command::Acquire { .. } => V::Acquire,
+            Command::Info => V::Info,
+            Command::Stats => V::Stats,
+            Command::Name { .. } => V::Name,
+            Command::Auth { .. } => V::Auth,
+            Command::Evict => V::Evict,
+        }
+    }
 }
 
 /// Why a line is a syntax error.
@@ -83,19 +139,31 @@ pub enum ParseError {
 /// names the whole set of bytes valid at that point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expected {
-    /// The command word, `lock` or `unlock` (any case).
+    /// A command word (any case).
     CommandWord,
     /// The space that must follow the command word.
     Space,
-    /// A key byte or a space: before the key, or inside a `lock` key.
+    /// A key byte or a space: before the key, or inside a `lock`/`acquire`
+    /// key.
     KeyOrSpace,
-    /// A key byte, a space or CR: inside an `unlock` key.
+    /// A key byte, a space or CR: inside an `unlock`, `info` or `evict` key.
     KeyOrSpaceOrCr,
-    /// A timeout digit or a space: after a `lock` key.
+    /// A timeout digit or a space: after a `lock`/`acquire` key.
     TimeoutOrSpace,
     /// A timeout digit, a space or CR: inside the timeout.
     TimeoutOrSpaceOrCr,
-    /// A trailing space or CR: after the last token.
+    /// A limit digit, a space or CR: after an `acquire` timeout, or inside
+    /// the limit.
+    LimitOrSpaceOrCr,
+    /// A label byte or a space: before a `name` label.
+    LabelOrSpace,
+    /// A label byte, a space or CR: inside a `name` label.
+    LabelOrSpaceOrCr,
+    /// A secret byte or a space: before an `auth` secret.
+    SecretOrSpace,
+    /// A secret byte, a space or CR: inside an `auth` secret.
+    SecretOrSpaceOrCr,
+    /// A trailing space or CR: after the last token (or after `stats`).
     SpaceOrCr,
     /// The LF that must follow CR.
     Lf,
@@ -104,12 +172,21 @@ pub enum Expected {
 impl fmt::Display for Expected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Expected::CommandWord => "the command word lock or unlock",
+            Expected::CommandWord => {
+                "a command word (lock, unlock, acquire, info, stats, name, auth, evict)"
+            }
             Expected::Space => "a space",
             Expected::KeyOrSpace => "a key byte (A-Z, a-z, 0-9) or a space",
             Expected::KeyOrSpaceOrCr => "a key byte (A-Z, a-z, 0-9), a space or CR",
             Expected::TimeoutOrSpace => "a timeout digit or a space",
             Expected::TimeoutOrSpaceOrCr => "a timeout digit, a space or CR",
+            Expected::LimitOrSpaceOrCr => "a limit digit, a space or CR",
+            Expected::LabelOrSpace => "a label byte (A-Z, a-z, 0-9, - _ . : /) or a space",
+            Expected::LabelOrSpaceOrCr => "a label byte (A-Z, a-z, 0-9, - _ . : /), a space or CR",
+            Expected::SecretOrSpace => "a secret byte (A-Z, a-z, 0-9, - _ . + / =) or a space",
+            Expected::SecretOrSpaceOrCr => {
+                "a secret byte (A-Z, a-z, 0-9, - _ . + / =), a space or CR"
+            }
             Expected::SpaceOrCr => "a space or CR",
             Expected::Lf => "LF after CR",
         })
@@ -150,13 +227,105 @@ pub enum Step {
 enum Verb {
     Lock,
     Unlock,
+    Acquire,
+    Info,
+    Stats,
+    Name,
+    Auth,
+    Evict,
 }
 
 impl Verb {
-    fn word(self) -> &'static [u8] {
+    /// Every word; no word is a prefix of another.
+    const ALL: [Verb; 8] = [
+        Verb::Lock,
+        Verb::Unlock,
+        Verb::Acquire,
+        Verb::Info,
+        Verb::Stats,
+        Verb::Name,
+        Verb::Auth,
+        Verb::Evict,
+    ];
+
+    const fn word(self) -> &'static [u8] {
         match self {
             Verb::Lock => b"lock",
             Verb::Unlock => b"unlock",
+            Verb::Acquire => b"acquire",
+            Verb::Info => b"info",
+            Verb::Stats => b"stats",
+            Verb::Name => b"name",
+            Verb::Auth => b"auth",
+            Verb::Evict => b"evict",
+        }
+    }
+
+    /// The word whose first `matched` bytes are `self`'s and whose next byte
+    /// is `lower`: `self` on the hot path, another word where two share a
+    /// prefix (`acquire` and `auth`).
+    fn next(self, matched: usize, lower: u8) -> Option<Verb> {
+        if self.word().get(matched) == Some(&lower) {
+            return Some(self);
+        }
+        let prefix = self.word().get(..matched)?;
+        Verb::ALL
+            .into_iter()
+            .find(|v| v.word().starts_with(prefix) && v.word().get(matched) == Some(&lower))
+    }
+
+    /// The verb whose word starts with `lower`.
+    fn first(lower: u8) -> Option<Verb> {
+        match lower {
+            b'l' => Some(Verb::Lock),
+            b'u' => Some(Verb::Unlock),
+            b'a' => Some(Verb::Acquire),
+            b'i' => Some(Verb::Info),
+            b's' => Some(Verb::Stats),
+            b'n' => Some(Verb::Name),
+            b'e' => Some(Verb::Evict),
+            _ => None,
+        }
+    }
+
+    /// The command of a verb whose only argument is a key.
+    const fn key_command(self) -> Command {
+        match self {
+            Verb::Info => Command::Info,
+            Verb::Evict => Command::Evict,
+            _ => Command::Unlock,
+        }
+    }
+}
+
+/// What the argument after the word is, for the states that read one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ArgKind {
+    /// A `name` label.
+    Label,
+    /// An `auth` secret.
+    Secret,
+}
+
+impl ArgKind {
+    const fn accepts(self, b: u8) -> bool {
+        match self {
+            ArgKind::Label => wire::is_label_byte(b),
+            ArgKind::Secret => wire::is_secret_byte(b),
+        }
+    }
+
+    const fn max_bytes(self) -> usize {
+        match self {
+            ArgKind::Label => MAX_LABEL_BYTES,
+            ArgKind::Secret => MAX_SECRET_BYTES,
+        }
+    }
+
+    const fn command(self, too_long: bool) -> Command {
+        match self {
+            ArgKind::Label => Command::Name { too_long },
+            ArgKind::Secret => Command::Auth { too_long },
         }
     }
 }
@@ -164,23 +333,40 @@ impl Verb {
 /// Where the parser is within a line. Each state lists what it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// At a line boundary. Accepts `l` or `u` (any case).
+    /// At a line boundary. Accepts the first letter of a command word (any
+    /// case).
     Start,
     /// Inside the command word; `matched` bytes of it seen,
     /// INVARIANT: `1 <= matched < verb.word().len()`.
-    /// Accepts the next byte of the word (any case).
+    /// Accepts the next byte of this word, or of another word with the same
+    /// `matched`-byte prefix (any case).
     Word { verb: Verb, matched: u8 },
-    /// The whole word seen. Accepts exactly one space.
+    /// The whole word seen. Accepts exactly one space; after `stats`, a
+    /// space or CR.
     AfterWord { verb: Verb },
-    /// One or more spaces after the word. Accepts spaces or a key byte.
+    /// One or more spaces after a word that takes a key. Accepts spaces or a
+    /// key byte.
     BeforeKey { verb: Verb },
     /// Inside the key (its bytes are in `Parser::key`). Accepts key bytes or
-    /// a space; `unlock` also accepts CR.
+    /// a space; `unlock`, `info` and `evict` also accept CR.
     Key { verb: Verb },
-    /// `lock`: one or more spaces after the key. Accepts spaces or a digit.
-    BeforeTimeout,
-    /// `lock`: inside the timeout. Accepts digits, a space or CR.
-    Timeout { timeout_ms: u64 },
+    /// `lock`/`acquire`: one or more spaces after the key. Accepts spaces or
+    /// a digit.
+    BeforeTimeout { verb: Verb },
+    /// `lock`/`acquire`: inside the timeout. Accepts digits, a space or CR.
+    Timeout { verb: Verb, timeout_ms: u64 },
+    /// `acquire`: one or more spaces after the timeout. Accepts spaces, a
+    /// limit digit or CR.
+    BeforeLimit { timeout_ms: u64 },
+    /// `acquire`: inside the limit. Accepts digits, a space or CR.
+    Limit { timeout_ms: u64, limit: u32 },
+    /// One or more spaces after `name`/`auth`. Accepts spaces or an argument
+    /// byte of `kind`.
+    BeforeArg { kind: ArgKind },
+    /// Inside a label or secret; its first `kind.max_bytes()` bytes are in
+    /// `Parser::key`, `too_long` once there were more.
+    /// Accepts argument bytes, a space or CR.
+    Arg { kind: ArgKind, too_long: bool },
     /// Spaces after the last token. Accepts spaces or CR.
     Trailing { cmd: Command },
     /// CR seen. Accepts LF only, which completes `cmd`.
@@ -192,20 +378,46 @@ impl State {
     fn expected(self) -> Expected {
         match self {
             State::Start | State::Word { .. } => Expected::CommandWord,
+            State::AfterWord { verb: Verb::Stats } => Expected::SpaceOrCr,
             State::AfterWord { .. } => Expected::Space,
             State::BeforeKey { .. }
             | State::Key {
-                verb: Verb::Lock, ..
+                verb: Verb::Lock | Verb::Acquire,
             } => Expected::KeyOrSpace,
-            State::Key {
-                verb: Verb::Unlock, ..
-            } => Expected::KeyOrSpaceOrCr,
-            State::BeforeTimeout => Expected::TimeoutOrSpace,
+            State::Key { .. } => Expected::KeyOrSpaceOrCr,
+            State::BeforeTimeout { .. } => Expected::TimeoutOrSpace,
             State::Timeout { .. } => Expected::TimeoutOrSpaceOrCr,
+            State::BeforeLimit { .. } | State::Limit { .. } => Expected::LimitOrSpaceOrCr,
+            State::BeforeArg {
+                kind: ArgKind::Label,
+            } => Expected::LabelOrSpace,
+            State::BeforeArg {
+                kind: ArgKind::Secret,
+            } => Expected::SecretOrSpace,
+            State::Arg {
+                kind: ArgKind::Label,
+                ..
+            } => Expected::LabelOrSpaceOrCr,
+            State::Arg {
+                kind: ArgKind::Secret,
+                ..
+            } => Expected::SecretOrSpaceOrCr,
             State::Trailing { .. } => Expected::SpaceOrCr,
             State::Cr { .. } => Expected::Lf,
         }
     }
+}
+
+/// Appends one decimal digit, saturating.
+fn digit_u64(acc: u64, byte: u8) -> u64 {
+    acc.saturating_mul(10)
+        .saturating_add(u64::from(byte - b'0'))
+}
+
+/// Appends one decimal digit, saturating.
+fn digit_u32(acc: u32, byte: u8) -> u32 {
+    acc.saturating_mul(10)
+        .saturating_add(u32::from(byte - b'0'))
 }
 
 /// A resumable parser for one connection's command stream.
@@ -220,10 +432,12 @@ pub struct Parser {
     line_len: usize,
     /// INVARIANT: `max_line_bytes >= MIN_MAX_LINE_BYTES`.
     max_line_bytes: usize,
-    /// The key of the line being parsed, or of the command just returned.
+    /// The argument (key, label or secret) of the line being parsed, or of
+    /// the command just returned.
     /// INVARIANT: `key.len() <= line_len`, or `key_ready` (then the key
     /// belongs to the previous line); its capacity never exceeds
-    /// `max(max_line_bytes, RETAINED_KEY_CAPACITY)`.
+    /// `max(max_line_bytes, RETAINED_KEY_CAPACITY)`; in state `Arg`, at most
+    /// `kind.max_bytes()` bytes.
     key: Vec<u8>,
     /// The last `advance` returned `Done` and `key` holds that command's key;
     /// the next `advance` recycles it.
@@ -286,6 +500,19 @@ impl Parser {
                 used += run;
                 continue;
             }
+            // Hot path: a whole `lock ` or `unlock ` at the start of a line
+            // skips the word states in one step. Exactly what stepping
+            // through them would do: the word (any case) and its space are
+            // all valid, and they fit in any line limit (>= 16 bytes).
+            if self.state == State::Start {
+                let rest = input.get(used..).unwrap_or_default();
+                if let Some((verb, n)) = Self::hot_word(rest) {
+                    self.state = State::BeforeKey { verb };
+                    self.line_len = n;
+                    used += n;
+                    continue;
+                }
+            }
             if self.line_len >= self.max_line_bytes {
                 let max = self.max_line_bytes;
                 return self.fail(used, ParseError::LineTooLong { max });
@@ -316,9 +543,10 @@ impl Parser {
         (used, Step::Pending)
     }
 
-    /// The key of the command the last [`advance`](Self::advance) returned
-    /// as `Done`. Only meaningful right after `Done`: at other times it is
-    /// the part of a key parsed so far, or empty.
+    /// The argument of the command the last [`advance`](Self::advance)
+    /// returned as `Done`: the key, the label of `name` or the secret of
+    /// `auth` (empty for `stats`). Only meaningful right after `Done`: at
+    /// other times it is the part parsed so far, or empty.
     pub fn key(&self) -> &[u8] {
         &self.key
     }
@@ -334,81 +562,167 @@ impl Parser {
         self.key.capacity()
     }
 
+    /// `lock ` or `unlock ` (the word in any case, then a space) at the
+    /// start of `input`: the verb and the bytes it takes.
+    #[inline]
+    fn hot_word(input: &[u8]) -> Option<(Verb, usize)> {
+        const _: () = assert!(MIN_MAX_LINE_BYTES >= b"unlock ".len());
+        match input {
+            [a, b, c, d, b' ', ..] if [*a, *b, *c, *d].eq_ignore_ascii_case(b"lock") => {
+                Some((Verb::Lock, 5))
+            }
+            [a, b, c, d, e, f, b' ', ..]
+                if [*a, *b, *c, *d, *e, *f].eq_ignore_ascii_case(b"unlock") =>
+            {
+                Some((Verb::Unlock, 7))
+            }
+            _ => None,
+        }
+    }
+
     /// One transition. Returns the command when `byte` completed it, or what
     /// the current state would have accepted when `byte` is not allowed (the
     /// state is then unchanged).
     fn step(&mut self, byte: u8) -> Result<Option<Command>, Expected> {
         let next = match self.state {
-            State::Start => match byte.to_ascii_lowercase() {
-                b'l' => State::Word {
-                    verb: Verb::Lock,
-                    matched: 1,
-                },
-                b'u' => State::Word {
-                    verb: Verb::Unlock,
-                    matched: 1,
-                },
-                _ => return Err(Expected::CommandWord),
+            State::Start => match Verb::first(byte.to_ascii_lowercase()) {
+                Some(verb) => State::Word { verb, matched: 1 },
+                None => return Err(Expected::CommandWord),
             },
             State::Word { verb, matched } => {
-                let word = verb.word();
-                if word.get(usize::from(matched)) != Some(&byte.to_ascii_lowercase()) {
+                let Some(verb) = verb.next(usize::from(matched), byte.to_ascii_lowercase()) else {
                     return Err(Expected::CommandWord);
-                }
-                // `matched < word.len() <= 6`: no overflow.
+                };
+                // `matched < word.len() <= 7`: no overflow.
                 let matched = matched + 1;
-                if usize::from(matched) == word.len() {
+                if usize::from(matched) == verb.word().len() {
                     State::AfterWord { verb }
                 } else {
                     State::Word { verb, matched }
                 }
             }
-            State::AfterWord { verb } => match byte {
-                b' ' => State::BeforeKey { verb },
-                _ => return Err(Expected::Space),
+            State::AfterWord { verb } => match (verb, byte) {
+                (Verb::Stats, b' ') => State::Trailing {
+                    cmd: Command::Stats,
+                },
+                (Verb::Stats, b'\r') => State::Cr {
+                    cmd: Command::Stats,
+                },
+                (Verb::Name, b' ') => State::BeforeArg {
+                    kind: ArgKind::Label,
+                },
+                (Verb::Auth, b' ') => State::BeforeArg {
+                    kind: ArgKind::Secret,
+                },
+                (_, b' ') => State::BeforeKey { verb },
+                _ => return Err(self.state.expected()),
             },
             State::BeforeKey { verb } => match byte {
                 b' ' => State::BeforeKey { verb },
-                _ if byte.is_ascii_alphanumeric() => {
+                _ if wire::is_key_byte(byte) => {
                     self.push_key(&[byte]);
                     State::Key { verb }
                 }
                 _ => return Err(Expected::KeyOrSpace),
             },
             State::Key { verb } => match (verb, byte) {
-                _ if byte.is_ascii_alphanumeric() => {
+                _ if wire::is_key_byte(byte) => {
                     self.push_key(&[byte]);
                     State::Key { verb }
                 }
-                (Verb::Lock, b' ') => State::BeforeTimeout,
-                (Verb::Unlock, b' ') => State::Trailing {
-                    cmd: Command::Unlock,
+                (Verb::Lock | Verb::Acquire, b' ') => State::BeforeTimeout { verb },
+                (Verb::Lock | Verb::Acquire, _) => return Err(Expected::KeyOrSpace),
+                (_, b' ') => State::Trailing {
+                    cmd: verb.key_command(),
                 },
-                (Verb::Unlock, b'\r') => State::Cr {
-                    cmd: Command::Unlock,
+                (_, b'\r') => State::Cr {
+                    cmd: verb.key_command(),
                 },
-                _ => return Err(self.state.expected()),
+                _ => return Err(Expected::KeyOrSpaceOrCr),
             },
-            State::BeforeTimeout => match byte {
-                b' ' => State::BeforeTimeout,
+            State::BeforeTimeout { verb } => match byte {
+                b' ' => State::BeforeTimeout { verb },
                 b'0'..=b'9' => State::Timeout {
+                    verb,
                     timeout_ms: u64::from(byte - b'0'),
                 },
                 _ => return Err(Expected::TimeoutOrSpace),
             },
-            State::Timeout { timeout_ms } => match byte {
-                b'0'..=b'9' => State::Timeout {
-                    timeout_ms: timeout_ms
-                        .saturating_mul(10)
-                        .saturating_add(u64::from(byte - b'0')),
+            State::Timeout { verb, timeout_ms } => match (verb, byte) {
+                (_, b'0'..=b'9') => State::Timeout {
+                    verb,
+                    timeout_ms: digit_u64(timeout_ms, byte),
                 },
-                b' ' => State::Trailing {
+                (Verb::Acquire, b' ') => State::BeforeLimit { timeout_ms },
+                (Verb::Acquire, b'\r') => State::Cr {
+                    cmd: Command::Acquire {
+                        timeout_ms,
+                        limit: 1,
+                    },
+                },
+                (_, b' ') => State::Trailing {
                     cmd: Command::Lock { timeout_ms },
                 },
-                b'\r' => State::Cr {
+                (_, b'\r') => State::Cr {
                     cmd: Command::Lock { timeout_ms },
                 },
                 _ => return Err(Expected::TimeoutOrSpaceOrCr),
+            },
+            State::BeforeLimit { timeout_ms } => match byte {
+                b' ' => State::BeforeLimit { timeout_ms },
+                b'0'..=b'9' => State::Limit {
+                    timeout_ms,
+                    limit: u32::from(byte - b'0'),
+                },
+                b'\r' => State::Cr {
+                    cmd: Command::Acquire {
+                        timeout_ms,
+                        limit: 1,
+                    },
+                },
+                _ => return Err(Expected::LimitOrSpaceOrCr),
+            },
+            State::Limit { timeout_ms, limit } => match byte {
+                b'0'..=b'9' => State::Limit {
+                    timeout_ms,
+                    limit: digit_u32(limit, byte),
+                },
+                b' ' => State::Trailing {
+                    cmd: Command::Acquire { timeout_ms, limit },
+                },
+                b'\r' => State::Cr {
+                    cmd: Command::Acquire { timeout_ms, limit },
+                },
+                _ => return Err(Expected::LimitOrSpaceOrCr),
+            },
+            State::BeforeArg { kind } => match byte {
+                b' ' => State::BeforeArg { kind },
+                _ if kind.accepts(byte) => {
+                    self.push_key(&[byte]);
+                    State::Arg {
+                        kind,
+                        too_long: false,
+                    }
+                }
+                _ => return Err(self.state.expected()),
+            },
+            State::Arg { kind, too_long } => match byte {
+                _ if kind.accepts(byte) => {
+                    // Keep the first `max_bytes`; past them only remember
+                    // that there were more.
+                    let too_long = too_long || self.key.len() >= kind.max_bytes();
+                    if !too_long {
+                        self.push_key(&[byte]);
+                    }
+                    State::Arg { kind, too_long }
+                }
+                b' ' => State::Trailing {
+                    cmd: kind.command(too_long),
+                },
+                b'\r' => State::Cr {
+                    cmd: kind.command(too_long),
+                },
+                _ => return Err(self.state.expected()),
             },
             State::Trailing { cmd } => match byte {
                 b' ' => State::Trailing { cmd },
@@ -472,8 +786,12 @@ impl Parser {
         debug_assert!(self.line_len <= self.max_line_bytes);
         debug_assert!(self.key_ready || self.key.len() <= self.line_len);
         debug_assert!(self.key.capacity() <= self.max_line_bytes.max(RETAINED_KEY_CAPACITY));
-        if let State::Word { verb, matched } = self.state {
-            debug_assert!(matched >= 1 && usize::from(matched) < verb.word().len());
+        match self.state {
+            State::Word { verb, matched } => {
+                debug_assert!(matched >= 1 && usize::from(matched) < verb.word().len());
+            }
+            State::Arg { kind, .. } => debug_assert!(self.key.len() <= kind.max_bytes()),
+            _ => {}
         }
         if self.failed.is_some() {
             debug_assert!(self.state == State::Start && self.key.is_empty());
@@ -553,6 +871,33 @@ mod tests {
 
     fn unlock(key: &str) -> (Command, Vec<u8>) {
         (Command::Unlock, key.as_bytes().to_vec())
+    }
+
+    fn acquire(timeout_ms: u64, key: &str, limit: u32) -> (Command, Vec<u8>) {
+        (
+            Command::Acquire { timeout_ms, limit },
+            key.as_bytes().to_vec(),
+        )
+    }
+
+    fn info(key: &str) -> (Command, Vec<u8>) {
+        (Command::Info, key.as_bytes().to_vec())
+    }
+
+    fn stats() -> (Command, Vec<u8>) {
+        (Command::Stats, Vec::new())
+    }
+
+    fn name(label: &str, too_long: bool) -> (Command, Vec<u8>) {
+        (Command::Name { too_long }, label.as_bytes().to_vec())
+    }
+
+    fn auth(secret: &str, too_long: bool) -> (Command, Vec<u8>) {
+        (Command::Auth { too_long }, secret.as_bytes().to_vec())
+    }
+
+    fn evict(key: &str) -> (Command, Vec<u8>) {
+        (Command::Evict, key.as_bytes().to_vec())
     }
 
     fn unexpected(byte: u8, offset: usize, expected: Expected) -> End {
@@ -679,6 +1024,81 @@ mod tests {
                 => [lock(1, "abcdefg"), lock(2, "abcdefg"), unlock("abcdefg")], End::Idle),
             // A limit below the minimum is raised to it.
             case!(max: 0, b"lock abcdefg 1\r\n" => [lock(1, "abcdefg")], End::Idle),
+            // Version 2: acquire.
+            case!(b"acquire a 100\r\n" => [acquire(100, "a", 1)], End::Idle),
+            case!(b"ACQUIRE a 100 3\r\n" => [acquire(100, "a", 3)], End::Idle),
+            case!(b"AcQuIrE  k9   0   65535   \r\n" => [acquire(0, "k9", 65535)], End::Idle),
+            case!(b"acquire a 1 \r\n" => [acquire(1, "a", 1)], End::Idle),
+            case!(b"acquire a 1 0\r\n" => [acquire(1, "a", 0)], End::Idle),
+            case!(b"acquire a 1 65536\r\n" => [acquire(1, "a", 65536)], End::Idle),
+            case!(b"acquire a 1 99999999999\r\n" => [acquire(1, "a", u32::MAX)], End::Idle),
+            case!(b"acquire a 1 4294967295\r\n" => [acquire(1, "a", u32::MAX)], End::Idle),
+            case!(b"acquire a 1 4294967296\r\n" => [acquire(1, "a", u32::MAX)], End::Idle),
+            case!(b"acquire a 1 00002\r\n" => [acquire(1, "a", 2)], End::Idle),
+            case!(b"acquire a 99999999999999999999999 2\r\n"
+                => [acquire(u64::MAX, "a", 2)], End::Idle),
+            case!(b"acquire a\r\n" => [], unexpected(b'\r', 9, KeyOrSpace)),
+            case!(b"acquire a \r\n" => [], unexpected(b'\r', 10, TimeoutOrSpace)),
+            case!(b"acquire a 1 2 3\r\n" => [], unexpected(b'3', 14, SpaceOrCr)),
+            case!(b"acquire a 1 x\r\n" => [], unexpected(b'x', 12, LimitOrSpaceOrCr)),
+            case!(b"acquire a 1 2x\r\n" => [], unexpected(b'x', 13, LimitOrSpaceOrCr)),
+            case!(b"acquire a 1 -2\r\n" => [], unexpected(b'-', 12, LimitOrSpaceOrCr)),
+            case!(b"acquire a 1\n" => [], unexpected(b'\n', 11, TimeoutOrSpaceOrCr)),
+            case!(b"acquirea 1\r\n" => [], unexpected(b'a', 7, Space)),
+            case!(b"acquir a 1\r\n" => [], unexpected(b' ', 6, CommandWord)),
+            case!(b"acquire a:b 1\r\n" => [], unexpected(b':', 9, KeyOrSpace)),
+            // info, evict: a key, like unlock.
+            case!(b"info a\r\n" => [info("a")], End::Idle),
+            case!(b"INFO  Zz09  \r\n" => [info("Zz09")], End::Idle),
+            case!(b"info a b\r\n" => [], unexpected(b'b', 7, SpaceOrCr)),
+            case!(b"info\r\n" => [], unexpected(b'\r', 4, Space)),
+            case!(b"info \r\n" => [], unexpected(b'\r', 5, KeyOrSpace)),
+            case!(b"info a-b\r\n" => [], unexpected(b'-', 6, KeyOrSpaceOrCr)),
+            case!(b"evict a\r\n" => [evict("a")], End::Idle),
+            case!(b"Evict   backup \r\n" => [evict("backup")], End::Idle),
+            case!(b"evict\r\n" => [], unexpected(b'\r', 5, Space)),
+            case!(b"evict a 1\r\n" => [], unexpected(b'1', 8, SpaceOrCr)),
+            case!(b"evic a\r\n" => [], unexpected(b' ', 4, CommandWord)),
+            // stats: no argument.
+            case!(b"stats\r\n" => [stats()], End::Idle),
+            case!(b"STATS   \r\n" => [stats()], End::Idle),
+            case!(b"stats x\r\n" => [], unexpected(b'x', 6, SpaceOrCr)),
+            case!(b"statsx\r\n" => [], unexpected(b'x', 5, SpaceOrCr)),
+            case!(b"stats\n" => [], unexpected(b'\n', 5, SpaceOrCr)),
+            case!(b"stat\r\n" => [], unexpected(b'\r', 4, CommandWord)),
+            // name: the label alphabet; over 64 bytes is not a syntax error.
+            case!(b"name job-1_a.b:c/d\r\n" => [name("job-1_a.b:c/d", false)], End::Idle),
+            case!(b"NAME  x  \r\n" => [name("x", false)], End::Idle),
+            case!(key_line("name ", 64, "\r\n") => [name(&"k".repeat(64), false)], End::Idle),
+            case!(key_line("name ", 65, "\r\n") => [name(&"k".repeat(64), true)], End::Idle),
+            case!(key_line("name ", 5000, " \r\n") => [name(&"k".repeat(64), true)], End::Idle),
+            case!(b"name\r\n" => [], unexpected(b'\r', 4, Space)),
+            case!(b"name \r\n" => [], unexpected(b'\r', 5, LabelOrSpace)),
+            case!(b"name a+b\r\n" => [], unexpected(b'+', 6, LabelOrSpaceOrCr)),
+            case!(b"name =\r\n" => [], unexpected(b'=', 5, LabelOrSpace)),
+            case!(b"name a b\r\n" => [], unexpected(b'b', 7, SpaceOrCr)),
+            case!("name \u{e9}\r\n" => [], unexpected(0xc3, 5, LabelOrSpace)),
+            // auth: the secret alphabet; over 256 bytes is not a syntax error.
+            case!(b"auth s3cr+t/x=_-.\r\n" => [auth("s3cr+t/x=_-.", false)], End::Idle),
+            case!(b"AUTH  =  \r\n" => [auth("=", false)], End::Idle),
+            case!(key_line("auth ", 256, "\r\n") => [auth(&"k".repeat(256), false)], End::Idle),
+            case!(key_line("auth ", 257, "\r\n") => [auth(&"k".repeat(256), true)], End::Idle),
+            case!(b"auth\r\n" => [], unexpected(b'\r', 4, Space)),
+            case!(b"auth \r\n" => [], unexpected(b'\r', 5, SecretOrSpace)),
+            case!(b"auth a:b\r\n" => [], unexpected(b':', 6, SecretOrSpaceOrCr)),
+            case!(b"auth a b\r\n" => [], unexpected(b'b', 7, SpaceOrCr)),
+            case!(b"aut a\r\n" => [], unexpected(b' ', 3, CommandWord)),
+            case!(b"ax\r\n" => [], unexpected(b'x', 1, CommandWord)),
+            // The line limit covers the new forms too.
+            case!(max: 16, b"name abcdefghijk\r\n" => [],
+                End::Err(ParseError::LineTooLong { max: 16 })),
+            case!(max: 16, b"acquire ab 1 99\r\n" => [],
+                End::Err(ParseError::LineTooLong { max: 16 })),
+            case!(max: 16, b"acquire a 1 99\r\n" => [acquire(1, "a", 99)], End::Idle),
+            // Old and new pipelined.
+            case!(b"name w\r\nacquire a 5 2\r\ninfo a\r\nstats\r\nevict a\r\nunlock a\r\n"
+                => [name("w", false), acquire(5, "a", 2), info("a"), stats(), evict("a"),
+                    unlock("a")], End::Idle),
         ]
     }
 
@@ -883,12 +1303,12 @@ mod tests {
         assert_eq!(p.heap_bytes(), 0);
     }
 
-    use crate::model::Rng;
+    use crate::model::{Rng, random_chunks, reference_command};
 
-    /// A line-at-a-time reference for the grammar, written independently of
-    /// the state machine: the commands of the complete valid lines, and
-    /// whether the stream ends cleanly (`Some(true)`), with a complete invalid
-    /// line (`Some(false)`), or with an unterminated tail (`None`).
+    /// The commands of the complete valid lines of `input` by the model's
+    /// reference recognizer (the one grammar reference), and whether the
+    /// stream ends cleanly (`Some(true)`), with a complete invalid line
+    /// (`Some(false)`), or with an unterminated tail (`None`).
     fn reference(input: &[u8]) -> (Vec<(Command, Vec<u8>)>, Option<bool>) {
         let mut commands = Vec::new();
         let mut rest = input;
@@ -899,52 +1319,61 @@ mod tests {
             let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
                 return (commands, None);
             };
-            let line = &rest[..end];
-            rest = &rest[end + 2..];
-            let valid_bytes = line.iter().all(|b| b.is_ascii_alphanumeric() || *b == b' ');
-            if !valid_bytes || line.first() == Some(&b' ') {
-                return (commands, Some(false));
+            match reference_command(&rest[..end]) {
+                Some(cmd) => commands.push(cmd),
+                None => return (commands, Some(false)),
             }
-            let tokens: Vec<&[u8]> = line
-                .split(|&b| b == b' ')
-                .filter(|t| !t.is_empty())
-                .collect();
-            let cmd = match tokens.as_slice() {
-                [w, key, t]
-                    if w.eq_ignore_ascii_case(b"lock") && t.iter().all(u8::is_ascii_digit) =>
-                {
-                    let timeout_ms = t.iter().fold(0u64, |acc, d| {
-                        acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-                    });
-                    (Command::Lock { timeout_ms }, key.to_vec())
-                }
-                [w, key] if w.eq_ignore_ascii_case(b"unlock") => (Command::Unlock, key.to_vec()),
-                _ => return (commands, Some(false)),
-            };
-            commands.push(cmd);
+            rest = &rest[end + 2..];
         }
     }
 
     /// A stream of mostly valid lines with occasional corruption.
     fn gen_lines(rng: &mut Rng) -> Vec<u8> {
-        const WORDS: &[&[u8]] = &[b"lock", b"LOCK", b"Lock", b"unlock", b"UNLOCK", b"uNlOcK"];
+        const WORDS: &[&[u8]] = &[
+            b"lock", b"LOCK", b"Lock", b"unlock", b"UNLOCK", b"uNlOcK", b"acquire", b"ACQUIRE",
+            b"info", b"Info", b"evict", b"stats", b"name", b"NaMe", b"auth", b"AUTH",
+        ];
         const KEY: &[u8] = b"abcXYZ019";
-        const NOISE: &[u8] = b"lockunLOCK ab19\r\n\t-\0";
+        const LABEL: &[u8] = b"ab9-_.:/";
+        const SECRET: &[u8] = b"ab9-_.+/=";
+        const NOISE: &[u8] = b"lockunLOCK ab19\r\n\t-:+=\0";
         let mut out = Vec::new();
+        let spaces = |rng: &mut Rng, out: &mut Vec<u8>, min: usize| {
+            out.extend(std::iter::repeat_n(b' ', min + rng.index(3)));
+        };
+        let token = |rng: &mut Rng, out: &mut Vec<u8>, from: &[u8], max: usize| {
+            for _ in 0..1 + rng.index(max) {
+                out.push(*rng.pick(from));
+            }
+        };
         for _ in 0..rng.index(6) {
             let word = WORDS[rng.index(WORDS.len())];
             out.extend_from_slice(word);
-            out.extend(std::iter::repeat_n(b' ', 1 + rng.index(3)));
-            for _ in 0..1 + rng.index(5) {
-                out.push(*rng.pick(KEY));
-            }
-            if word.len() == 4 {
-                out.extend(std::iter::repeat_n(b' ', 1 + rng.index(3)));
-                for _ in 0..1 + rng.index(25) {
-                    out.push(*rng.pick(b"0123456789"));
+            let lower = word.to_ascii_lowercase();
+            match lower.as_slice() {
+                b"stats" => {}
+                b"name" => {
+                    spaces(rng, &mut out, 1);
+                    token(rng, &mut out, LABEL, 70);
+                }
+                b"auth" => {
+                    spaces(rng, &mut out, 1);
+                    token(rng, &mut out, SECRET, 12);
+                }
+                _ => {
+                    spaces(rng, &mut out, 1);
+                    token(rng, &mut out, KEY, 5);
                 }
             }
-            out.extend(std::iter::repeat_n(b' ', rng.index(3)));
+            if lower == b"lock" || lower == b"acquire" {
+                spaces(rng, &mut out, 1);
+                token(rng, &mut out, b"0123456789", 25);
+                if lower == b"acquire" && rng.chance(1, 2) {
+                    spaces(rng, &mut out, 1);
+                    token(rng, &mut out, b"0123456789", 12);
+                }
+            }
+            spaces(rng, &mut out, 0);
             out.extend_from_slice(b"\r\n");
         }
         for _ in 0..rng.index(3) {
@@ -961,19 +1390,8 @@ mod tests {
     }
 
     fn gen_noise(rng: &mut Rng) -> Vec<u8> {
-        const ALPHABET: &[u8] = b"lockunLOCK ab19\r\n\t-";
+        const ALPHABET: &[u8] = b"lockunLOCKaqirestmhvf ab19\r\n\t-:+=";
         (0..rng.index(40)).map(|_| *rng.pick(ALPHABET)).collect()
-    }
-
-    fn random_chunks<'a>(rng: &mut Rng, input: &'a [u8]) -> Vec<&'a [u8]> {
-        let mut chunks = Vec::new();
-        let mut rest = input;
-        while !rest.is_empty() {
-            let (a, b) = rest.split_at(rng.index(rest.len() + 1).min(1 + rng.index(8)));
-            chunks.push(a);
-            rest = b;
-        }
-        chunks
     }
 
     #[test]
@@ -991,7 +1409,7 @@ mod tests {
                 gen_noise(&mut rng)
             };
             let whole = feed(DEFAULT_MAX_LINE_BYTES, &[&input]);
-            let chunks = random_chunks(&mut rng, &input);
+            let chunks = random_chunks(&input, rng.next_u64());
             let chunked = feed(DEFAULT_MAX_LINE_BYTES, &chunks);
             let ctx = format!(
                 "seed {seed} round {round} input {:?}",
@@ -1040,6 +1458,28 @@ mod tests {
             b"unlock a",
             b"unlock a ",
             b"unlock a\r",
+            b"a",
+            b"ac",
+            b"acquire",
+            b"acquire ",
+            b"acquire a",
+            b"acquire a ",
+            b"acquire a 1",
+            b"acquire a 1 ",
+            b"acquire a 1 2",
+            b"acquire a 1 2 ",
+            b"au",
+            b"auth ",
+            b"auth x",
+            b"name ",
+            b"name x",
+            b"info ",
+            b"info a",
+            b"evict ",
+            b"evict a",
+            b"stats",
+            b"stats ",
+            b"stats\r",
         ];
         for prefix in prefixes {
             for byte in 0..=u8::MAX {

@@ -99,6 +99,8 @@ pub struct Config {
     /// Longest busy-poll before blocking in epoll (zero: never spin); the
     /// loop spins only while spinning finds events (see the private `Spin`).
     pub busy_poll: Duration,
+    /// Peers that may connect (`--allow`); others are closed at accept.
+    pub allow: crate::allow::AllowList,
 }
 
 impl Default for Config {
@@ -110,6 +112,7 @@ impl Default for Config {
             backlog: DEFAULT_BACKLOG,
             keepalive: Some(DEFAULT_KEEPALIVE),
             busy_poll: DEFAULT_BUSY_POLL,
+            allow: crate::allow::AllowList::default(),
         }
     }
 }
@@ -293,27 +296,15 @@ impl Reactor {
 
     /// The counters, gauges and histograms `/metrics` and SIGUSR1 report.
     pub fn snapshot(&self) -> crate::metrics::Snapshot {
-        // The core's v1 counters, mapped where the meaning is exact; the
-        // rest of `stats::Stats` stays zero until the core counts into it.
-        let c = self.core.stats();
-        let mut stats = crate::stats::Stats {
-            timeouts: c.timeouts,
-            unlocks: c.unlocked,
-            syntax_errors: c.syntax_errors,
-            disconnects: c.disconnects,
-            ..Default::default()
-        };
-        stats.releases[crate::stats::ReleaseCause::Unlock as usize] = c.unlocked;
-        let keys = self.core.keys_held() as u64;
+        let stats = self.core.stats();
         crate::metrics::Snapshot {
             stats,
             connections: self.core.connections() as u64,
-            keys,
-            // Exclusive locks: one holder per held key.
-            holders: keys,
+            keys: self.core.keys_held() as u64,
+            holders: self.core.holders() as u64,
             waiters: self.core.waiters() as u64,
-            accepted: self.summary.accepted,
-            rejected: 0,
+            accepted: stats.accepted,
+            rejected: stats.rejected,
             log_lines_dropped: crate::log::lines_dropped(),
             uptime: self.start.elapsed(),
         }
@@ -487,8 +478,13 @@ impl Reactor {
         let pending: Vec<i32> = signals.pending().collect();
         for sig in pending {
             if sig == signal_hook::consts::SIGUSR1 {
-                let line = crate::metrics::stats_line(&self.snapshot(), env!("CARGO_PKG_VERSION"));
-                self.log.info(format_args!("stats {line}"));
+                let line = self.core.stats_line();
+                let fields = line
+                    .strip_prefix(crate::wire::STATS_PREFIX)
+                    .and_then(|l| l.strip_suffix(crate::wire::CRLF))
+                    .unwrap_or(&line);
+                self.log
+                    .info(format_args!("stats {}", String::from_utf8_lossy(fields)));
                 continue;
             }
             self.log.info(format_args!(
@@ -581,6 +577,11 @@ impl Reactor {
                 return;
             }
             match self.listener.accept() {
+                Ok((_, peer)) if !self.config.allow.allows(peer.ip()) => {
+                    self.core.note_rejected();
+                    self.log
+                        .debug(format_args!("rejected {peer} (not in --allow)"));
+                }
                 Ok((stream, peer)) => self.add(stream, peer),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -625,7 +626,7 @@ impl Reactor {
             dirty: false,
             dead: false,
         });
-        self.core.handle_open(ConnId(c));
+        self.core.handle_open(ConnId(c), Some(peer));
         self.summary.accepted += 1;
         self.summary.peak_connections = self.summary.peak_connections.max(self.conns.len());
         self.log.debug(format_args!("connection from {peer}"));
@@ -710,7 +711,7 @@ impl Reactor {
             match out {
                 Output::Reply(ConnId(c), reply) => {
                     let conn = &mut self.conns[c];
-                    conn.out.extend_from_slice(reply.as_bytes());
+                    reply.encode(&mut conn.out);
                     if !conn.dirty {
                         conn.dirty = true;
                         self.dirty.push(c);
@@ -719,7 +720,8 @@ impl Reactor {
                 Output::Close(ConnId(c), err) => {
                     let conn = &mut self.conns[c];
                     self.log.warn_limited(format_args!(
-                        "syntax error from client {}: {err}; dropping connection",
+                        "{} from client {}: {err}; dropping connection",
+                        err.label(),
                         conn.peer
                     ));
                     conn.dead = true;

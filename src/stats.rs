@@ -129,7 +129,12 @@ pub struct Histogram {
 impl Histogram {
     /// Records one observation of `us` microseconds.
     pub fn record(&mut self, us: u64) {
-        let i = BUCKET_BOUNDS_US.partition_point(|&b| b < us);
+        // Immediate grants and short holds, the hot path, skip the search.
+        let i = if us <= BUCKET_BOUNDS_US[0] {
+            0
+        } else {
+            BUCKET_BOUNDS_US.partition_point(|&b| b < us)
+        };
         self.buckets[i] += 1;
         self.sum_us = self.sum_us.saturating_add(us);
         self.count += 1;
@@ -164,6 +169,10 @@ pub struct Stats {
     pub evictions: u64,
     /// The last fencing token issued; 0 before the first grant.
     pub last_token: u64,
+    /// Connections opened (accepted by the reactor and handed to the core).
+    pub accepted: u64,
+    /// Connections refused at accept (`--allow`).
+    pub rejected: u64,
     /// Request to answer, for grants (immediate ones included).
     pub wait_granted: Histogram,
     /// Request to answer, for timeouts.

@@ -67,7 +67,7 @@ pub const CRLF: &[u8] = b"\r\n";
 
 /// The fields of a `stats` reply, in the documented order (PROTOCOL.md).
 /// Clients must ignore fields they do not know; new ones are only appended.
-pub const STATS_FIELDS: [&str; 17] = [
+pub const STATS_FIELDS: [&str; 18] = [
     "version",
     "uptime_s",
     "connections",
@@ -85,6 +85,7 @@ pub const STATS_FIELDS: [&str; 17] = [
     "accepted",
     "rejected",
     "token",
+    "commands",
 ];
 
 /// Every `e <message>` reply the daemon sends.

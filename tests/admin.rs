@@ -165,7 +165,33 @@ fn a_scrape_after_a_known_run_shows_its_figures() {
         1.0
     );
     assert_eq!(value(&s, "dreadlock_syntax_errors_total", &[]), 1.0);
-    assert_eq!(value(&s, "dreadlock_disconnects_total", &[]), 0.0);
+    // The connection dropped for its syntax error is a closed connection.
+    assert_eq!(value(&s, "dreadlock_disconnects_total", &[]), 1.0);
+    // c1: lock; c2: lock, lock; c3: lock, unlock, unlock; c4: lock.
+    assert_eq!(
+        value(&s, "dreadlock_commands_total", &[("command", "lock")]),
+        5.0
+    );
+    assert_eq!(
+        value(&s, "dreadlock_commands_total", &[("command", "unlock")]),
+        2.0
+    );
+    assert_eq!(
+        value(&s, "dreadlock_grants_total", &[("wait", "immediate")]),
+        2.0
+    );
+    assert_eq!(
+        value(&s, "dreadlock_grants_total", &[("wait", "queued")]),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "dreadlock_error_replies_total",
+            &[("reply", "not_locked")]
+        ),
+        1.0
+    );
     assert_eq!(value(&s, "dreadlock_log_lines_dropped_total", &[]), 0.0);
     assert_eq!(value(&s, "dreadlock_admin_connections", &[]), 1.0);
     // The first scrape and this one at least (scrape_until may have needed
@@ -205,7 +231,31 @@ fn a_scrape_after_a_known_run_shows_its_figures() {
     let s = scrape_until(admin, "dreadlock_connections", 3.0);
     assert_eq!(value(&s, "dreadlock_waiters", &[]), 0.0);
     assert_eq!(value(&s, "dreadlock_keys", &[]), 1.0);
-    assert_eq!(value(&s, "dreadlock_disconnects_total", &[]), 1.0);
+    assert_eq!(value(&s, "dreadlock_disconnects_total", &[]), 2.0);
+    assert_eq!(
+        value(&s, "dreadlock_releases_total", &[("cause", "disconnect")]),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "dreadlock_grants_total", &[("wait", "queued")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "dreadlock_wait_seconds_count",
+            &[("outcome", "granted")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "dreadlock_wait_seconds_count",
+            &[("outcome", "timeout")]
+        ),
+        2.0
+    );
     drop((c2, c3, c4));
     scrape_until(admin, "dreadlock_keys", 0.0);
 }

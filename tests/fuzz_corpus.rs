@@ -166,6 +166,56 @@ fn parser_seeds() -> Vec<(&'static str, Vec<u8>)> {
             parser_seed(3, b"lock abcdefg 1\r\nlock ab 2\r\n"),
         ),
         ("seed-limit-100", parser_seed(73, &long_key(120))),
+        // Version 2 forms (PROTOCOL.md, "Version 2").
+        (
+            "seed-v2-acquire",
+            parser_seed(
+                D,
+                b"acquire a 100\r\nACQUIRE  b  0  3  \r\nacquire c 1 65535\r\n\
+                  acquire d 1 0\r\nacquire e 1 65536\r\nacquire f 1 99999999999\r\n",
+            ),
+        ),
+        (
+            "seed-v2-info-evict-stats",
+            parser_seed(D, b"info a\r\nINFO  Zz9 \r\nevict a\r\nstats\r\nStats   \r\n"),
+        ),
+        (
+            "seed-v2-name",
+            parser_seed(
+                D,
+                b"name job-1_a.b:c/d\r\nname LLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLL\r\n\
+                  name LLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLL\r\n",
+            ),
+        ),
+        (
+            "seed-v2-auth",
+            parser_seed(D, &{
+                let mut v = b"auth s3cr+t/=_-.\r\nauth ".to_vec();
+                v.extend(std::iter::repeat_n(b's', 257));
+                v.extend_from_slice(b"\r\n");
+                v
+            }),
+        ),
+        (
+            "seed-v2-err-acquire-extra-token",
+            parser_seed(D, b"acquire a 1 2 3\r\n"),
+        ),
+        (
+            "seed-v2-err-acquire-no-timeout",
+            parser_seed(D, b"acquire a\r\n"),
+        ),
+        ("seed-v2-err-limit-byte", parser_seed(D, b"acquire a 1 -2\r\n")),
+        ("seed-v2-err-info-no-key", parser_seed(D, b"info\r\n")),
+        ("seed-v2-err-stats-arg", parser_seed(D, b"stats x\r\n")),
+        ("seed-v2-err-name-byte", parser_seed(D, b"name a+b\r\n")),
+        ("seed-v2-err-name-two", parser_seed(D, b"name a b\r\n")),
+        ("seed-v2-err-auth-byte", parser_seed(D, b"auth a:b\r\n")),
+        ("seed-v2-err-evict-extra", parser_seed(D, b"evict a 1\r\n")),
+        ("seed-v2-err-word", parser_seed(D, b"acquir a 1\r\naut x\r\n")),
+        (
+            "seed-v2-line-too-long-16",
+            parser_seed(16, b"acquire ab 1 99\r\n"),
+        ),
     ]
 }
 
@@ -231,7 +281,45 @@ impl CoreOps {
     fn tick(&mut self) -> &mut Self {
         self.op(14, 0, false, &[])
     }
+    /// A version 2 command: `check_core`'s op 0 with the flag.
+    fn v2(&mut self, conn: u8, arg: u8, x: u8) -> &mut Self {
+        self.op(0, conn, true, &[arg, x])
+    }
+    /// `acquire KEYS[key] timeout_text(timeout) limit_text(limit)`; limit
+    /// 0: none, 1: "1", 2: "2", 4: "3", 5: "0", 13: "65536", 6: "65535",
+    /// 7: past u32.
+    fn acquire(&mut self, conn: u8, key: u8, timeout: u8, limit: u8) -> &mut Self {
+        self.v2(conn, limit << 3, key | timeout << 4)
+    }
+    fn info(&mut self, conn: u8, key: u8) -> &mut Self {
+        self.v2(conn, 1, key)
+    }
+    fn stats(&mut self, conn: u8) -> &mut Self {
+        self.v2(conn, 2, 0)
+    }
+    /// `name label_text(label)`: 0 and 1 ordinary, 2 64 bytes, 3 65 bytes.
+    fn name(&mut self, conn: u8, label: u8) -> &mut Self {
+        self.v2(conn, 3 | label << 3, 0)
+    }
+    fn auth(&mut self, conn: u8) -> &mut Self {
+        self.v2(conn, 4, 0)
+    }
+    /// A wrong secret: 0 another word, 1 257 bytes, 2 a prefix, 3 longer.
+    fn auth_wrong(&mut self, conn: u8, how: u8) -> &mut Self {
+        self.v2(conn, 5 | how << 3, 0)
+    }
+    fn evict(&mut self, conn: u8, key: u8) -> &mut Self {
+        self.v2(conn, 6, key)
+    }
 }
+
+/// Configurations for the version 2 seeds: default limits; auth off or on
+/// (secret `model::MODEL_SECRET`), tokens from 1 or from a wall-clock-like
+/// seed.
+const V2_PLAIN: u8 = 24;
+const V2_SEEDED: u8 = 199;
+const V2_AUTH: u8 = 224;
+const V2_AUTH_SEEDED: u8 = 249;
 
 // KEYS in the model: a b c A k1 a1 Zz9 LongKey0123456789.
 // timeout_text: 0:"0" 1:"1" 2:"2" 3:"3" 4:"5" 5:"10" 6:"64" 7:"100"
@@ -444,6 +532,115 @@ fn core_seeds() -> Vec<(&'static str, Vec<u8>)> {
             .unlock(0, 0)
             .unlock(2, 1),
     );
+    add(
+        "seed-v2-acquire-tokens",
+        CoreOps(vec![V2_SEEDED, 0])
+            .acquire(0, 0, 7, 0)
+            .acquire(1, 0, 7, 0)
+            .lock(2, 0, 7)
+            .unlock(0, 0)
+            .unlock(1, 0)
+            .info(4, 0)
+            .stats(4),
+    );
+    let mut sem = CoreOps(vec![V2_PLAIN, 0]);
+    for c in 0..7 {
+        sem.acquire(c, 0, 12, 4);
+    }
+    sem.info(7, 0)
+        .close(1)
+        .close(4)
+        .unlock(0, 0)
+        .info(7, 0)
+        .close(2)
+        .unlock(5, 0)
+        .info(7, 0);
+    add("seed-v2-semaphore-fifo-disconnects", &mut sem);
+    add(
+        "seed-v2-limit-errors",
+        CoreOps(vec![V2_PLAIN, 0])
+            .acquire(0, 0, 0, 2)
+            .lock(1, 0, 0)
+            .acquire(1, 0, 0, 4)
+            .acquire(1, 0, 0, 5)
+            .acquire(1, 0, 0, 13)
+            .acquire(1, 0, 0, 7)
+            .info(1, 0)
+            .acquire(1, 1, 0, 6)
+            .acquire(2, 1, 0, 6)
+            .acquire(2, 2, 0, 1)
+            .lock(1, 2, 0),
+    );
+    add(
+        "seed-v2-names-info",
+        CoreOps(vec![V2_PLAIN, 0])
+            .name(0, 0)
+            .name(0, 3)
+            .info(1, 0)
+            .lock(0, 0, 0)
+            .advance_ms(20)
+            .info(1, 0)
+            .name(0, 2)
+            .info(1, 0)
+            .name(0, 1)
+            .info(1, 0),
+    );
+    add(
+        "seed-v2-auth",
+        CoreOps(vec![V2_AUTH, 0])
+            .lock(0, 0, 0)
+            .auth(1)
+            .lock(1, 0, 0)
+            .auth_wrong(2, 0)
+            .auth(3)
+            .lock(3, 0, 8)
+            .advance_ms(30)
+            .unlock(1, 0)
+            .auth_wrong(3, 1)
+            .lock(3, 1, 0)
+            .auth(4)
+            .lock(4, 0, 12)
+            .until_deadline(true)
+            .until_deadline(false)
+            .auth(5)
+            .auth_wrong(5, 2)
+            .close(5)
+            .auth(6)
+            .auth(6)
+            .auth_wrong(6, 3)
+            .sleep_until_poll_timeout(),
+    );
+    add(
+        "seed-v2-auth-not-enabled",
+        CoreOps(vec![V2_PLAIN, 0])
+            .auth(0)
+            .lock(0, 0, 0)
+            .auth_wrong(0, 1),
+    );
+    add(
+        "seed-v2-evict",
+        CoreOps(vec![V2_PLAIN, 0])
+            .acquire(0, 1, 12, 2)
+            .lock(0, 3, 0)
+            .acquire(1, 1, 12, 2)
+            .acquire(2, 1, 12, 2)
+            .lock(5, 3, 12)
+            .evict(4, 1)
+            .evict(3, 1)
+            .evict(4, 2)
+            .evict(6, 1)
+            .stats(4),
+    );
+    add(
+        "seed-v2-evict-with-auth",
+        CoreOps(vec![V2_AUTH_SEEDED, 0])
+            .auth(0)
+            .lock(0, 0, 0)
+            .auth(3)
+            .evict(3, 0)
+            .evict(3, 0)
+            .stats(3),
+    );
     // A few small generated ones.
     for (i, name) in [
         "seed-random-1",
@@ -632,6 +829,41 @@ fn write_seeds() {
         std::fs::create_dir_all(&dir).unwrap();
         for (name, data) in seeds {
             std::fs::write(dir.join(name), data).unwrap();
+        }
+    }
+}
+
+/// Random inputs through the core check, many of them version 2 commands
+/// (op 0 with the flag), with auth on in about a fifth of the configs: a
+/// bounded, deterministic stand-in for a fuzzing run. `CORE_RANDOM_SEED`
+/// replays one seed.
+#[test]
+fn random_core_inputs() {
+    let seeds: Vec<u64> = match std::env::var("CORE_RANDOM_SEED") {
+        Ok(s) => vec![s.parse().expect("CORE_RANDOM_SEED")],
+        Err(_) => (0..1500).collect(),
+    };
+    for seed in seeds {
+        let mut rng = dreadlock::model::Rng::new(seed);
+        let len = 2 + rng.index(400);
+        let data: Vec<u8> = (0..len)
+            .map(|i| {
+                let b = rng.next_u64() as u8;
+                // Every few bytes, a v2 command opcode for a random conn.
+                if i >= 2 && rng.chance(1, 4) {
+                    0x80 | (b & 0x70)
+                } else {
+                    b
+                }
+            })
+            .collect();
+        if let Err(e) = std::panic::catch_unwind(|| model::check_core(&data)) {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("CORE_RANDOM_SEED={seed}: {msg}");
         }
     }
 }

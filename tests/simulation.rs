@@ -3,7 +3,10 @@
 //! by drawn steps (never sleeps), checked step by step against the reference
 //! model in `dreadlock::model::CoreHarness` (exact replies per connection,
 //! FIFO grants, timeouts never early and never lost, everything released on
-//! disconnect, `Core::check_invariants` after every step).
+//! disconnect, `Core::check_invariants` after every step). The swarm of
+//! worlds varies the limits, runs a third of them with auth on (clients
+//! authenticate first, mostly), and mixes in the version 2 commands:
+//! `acquire` with semaphores, `info`, `stats`, `name`, `auth` and `evict`.
 //!
 //! On failure the seed is printed. Replay one with
 //! `DREADLOCK_SIM_SEED=<seed> cargo test --test simulation`; run more with
@@ -12,8 +15,8 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
-use dreadlock::core::{Config, INFINITE_TIMEOUT_MS};
-use dreadlock::model::{CoreHarness, HarnessStats, Rng};
+use dreadlock::core::{Config, INFINITE_TIMEOUT_MS, Secret};
+use dreadlock::model::{CoreHarness, HarnessStats, MODEL_SECRET, Rng};
 
 const DEFAULT_BASE_SEED: u64 = 0x0d00_d1e5_5eed;
 const DEFAULT_SEEDS: u64 = 24;
@@ -35,6 +38,11 @@ struct World {
     h: CoreHarness,
     clients: usize,
     keys: Vec<String>,
+    /// The N of each key's semaphore when taken with `acquire` (1 for
+    /// most: those interoperate with `lock`).
+    limits: Vec<u32>,
+    /// Percent of commands that are version 2 ones.
+    v2_percent: u64,
 }
 
 impl World {
@@ -52,6 +60,14 @@ impl World {
         if rng.chance(1, 4) {
             config.max_key_bytes = (1 + rng.below(20) as usize) * 70;
         }
+        if rng.chance(1, 3) {
+            config.auth = Secret::new(MODEL_SECRET.as_bytes());
+            config.auth_delay_ms = [50, 100, 1000][rng.below(3) as usize];
+        }
+        if rng.chance(1, 2) {
+            config.token_seed = 1_764_000_000_000_000_000 + rng.below(1 << 40);
+        }
+        let v2_percent = [0, 10, 30][rng.below(3) as usize];
         let clients = 100 + rng.below(301) as usize;
         // A third of the worlds fight over a handful of keys.
         let nkeys = if rng.chance(1, 3) {
@@ -59,12 +75,18 @@ impl World {
         } else {
             clients / 4 + rng.below(clients as u64) as usize
         };
-        let keys = (0..nkeys)
+        let keys: Vec<String> = (0..nkeys)
             .map(|i| match i % 4 {
                 0 => format!("k{i}"),
                 1 => format!("K{i}"),
                 2 => format!("res{i}x"),
                 _ => format!("{i}"),
+            })
+            .collect();
+        let limits = (0..keys.len())
+            .map(|_| match rng.below(4) {
+                0 => 2 + rng.below(3) as u32,
+                _ => 1,
             })
             .collect();
         let start_us = [0, 999, 1 << 40][rng.below(3) as usize];
@@ -73,6 +95,8 @@ impl World {
             rng,
             clients,
             keys,
+            limits,
+            v2_percent,
         }
     }
 
@@ -91,9 +115,63 @@ impl World {
         }
     }
 
-    /// A plausible command for `c`: mostly unlocking what it holds, or
-    /// locking something.
+    /// A plausible command for `c`: with auth on and `c` not yet
+    /// authenticated, mostly `auth` first; then a version 2 command now and
+    /// then; else unlocking what it holds, or locking something.
     fn command(&mut self, c: usize) -> String {
+        let auth = if self.h.needs_auth(c) || (self.h.auth_on() && !self.h.is_open(c)) {
+            match self.rng.below(20) {
+                0 => "auth wrong\r\n".to_string(),
+                1 => String::new(),
+                _ => format!("auth {MODEL_SECRET}\r\n"),
+            }
+        } else {
+            String::new()
+        };
+        let cmd = if self.rng.below(100) < self.v2_percent {
+            self.v2_command(c)
+        } else {
+            self.v1_command(c)
+        };
+        auth + &cmd
+    }
+
+    fn v2_command(&mut self, c: usize) -> String {
+        let i = self.rng.index(self.keys.len());
+        let k = self.keys[i].clone();
+        match self.rng.below(20) {
+            0..=8 => {
+                let t = self.timeout();
+                // Mostly the key's N; sometimes another (limit mismatch),
+                // or out of range (bad limit).
+                let n = match self.rng.below(12) {
+                    0 => 1 + self.rng.below(4) as u32,
+                    1 => [0, 65536][self.rng.index(2)],
+                    _ => self.limits[i],
+                };
+                if n == 1 && self.rng.chance(1, 2) {
+                    format!("acquire {k} {t}\r\n")
+                } else {
+                    format!("acquire {k} {t} {n}\r\n")
+                }
+            }
+            9..=11 => format!("info {k}\r\n"),
+            12 => "stats\r\n".to_string(),
+            13..=15 => {
+                let label = match self.rng.below(6) {
+                    0 => "x".repeat(65),
+                    1 => "x".repeat(64),
+                    _ => format!("worker-{c}/job.{}", self.rng.below(100)),
+                };
+                format!("name {label}\r\n")
+            }
+            16 => format!("auth {MODEL_SECRET}\r\n"),
+            17 if self.rng.chance(1, 4) => "auth wrong\r\n".to_string(),
+            _ => format!("evict {k}\r\n"),
+        }
+    }
+
+    fn v1_command(&mut self, c: usize) -> String {
         let held = self.h.keys_held_by(c);
         let word_case = self.rng.below(8);
         let (lock, unlock) = match word_case {
@@ -217,6 +295,14 @@ fn add(total: &mut HarnessStats, s: HarnessStats) {
     total.syntax_errors += s.syntax_errors;
     total.disconnects += s.disconnects;
     total.deliveries_deferred += s.deliveries_deferred;
+    total.semaphore_grants += s.semaphore_grants;
+    total.limit_errors += s.limit_errors;
+    total.infos += s.infos;
+    total.stats_replies += s.stats_replies;
+    total.names += s.names;
+    total.auth_ok += s.auth_ok;
+    total.auth_failures += s.auth_failures;
+    total.evictions += s.evictions;
 }
 
 /// Runs one seed; returns what it exercised.
@@ -272,6 +358,11 @@ fn simulation() {
         assert!(total.disconnects > 100, "{total:?}");
         assert!(total.errors_replied > 100, "{total:?}");
         assert!(total.deliveries_deferred > 0, "{total:?}");
+        assert!(total.semaphore_grants > 100, "{total:?}");
+        assert!(total.limit_errors > 10, "{total:?}");
+        assert!(total.infos > 100 && total.stats_replies > 10, "{total:?}");
+        assert!(total.names > 10 && total.evictions > 10, "{total:?}");
+        assert!(total.auth_ok > 100 && total.auth_failures > 10, "{total:?}");
     }
 }
 

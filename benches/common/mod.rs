@@ -20,6 +20,20 @@ pub fn bench(name: &str, units: u64, bytes_per_unit: Option<u64>, mut f: impl Fn
     if !selected(name) {
         return;
     }
+    // A fixed call count, one batch (`DREADLOCK_BENCH_CALLS=N`): for
+    // instruction counts under `valgrind --tool=callgrind`, which are
+    // steadier than time on a loaded machine. Run it at two counts and take
+    // the difference to cancel the setup cost.
+    if let Some(calls) = std::env::var("DREADLOCK_BENCH_CALLS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        for _ in 0..calls {
+            f();
+        }
+        println!("{name:<44} {calls} calls");
+        return;
+    }
     // Calibrate: how many calls make a batch of about 50 ms.
     let mut calls = 1u64;
     loop {

@@ -256,6 +256,8 @@ pub struct Stats {
     pub rejected: u64,
     /// The last fencing token issued (0 before the first grant).
     pub token: u64,
+    /// Complete commands of every kind.
+    pub commands: u64,
     /// Every `name=value` pair of the reply, in order, unknown ones
     /// included.
     pub fields: Vec<(String, String)>,
@@ -449,6 +451,7 @@ fn parse_stats(fields: &str) -> Option<Stats> {
         accepted: number("accepted")?,
         rejected: number("rejected")?,
         token: number("token")?,
+        commands: number("commands")?,
         fields: pairs
             .iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
@@ -514,6 +517,7 @@ mod tests {
             s.accepted,
             s.rejected,
             s.token,
+            s.commands,
         ];
         let want: Vec<u64> = (1..wire::STATS_FIELDS.len() as u64)
             .map(|i| 100 + i)

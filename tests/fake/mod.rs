@@ -145,7 +145,7 @@ pub fn stats_reply(token: u64) -> &'static str {
     let line = format!(
         "s version=9.9.9 uptime_s=5 connections=2 keys=1 holders=1 waiters=0 grants=3 \
          timeouts=0 unlocks=2 disconnects=1 evictions=0 errors=0 syntax_errors=0 \
-         auth_failures=0 accepted=3 rejected=0 token={token} brand_new_field=1\r\n"
+         auth_failures=0 accepted=3 rejected=0 token={token} commands=9 brand_new_field=1\r\n"
     );
     Box::leak(line.into_boxed_str())
 }
