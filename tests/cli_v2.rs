@@ -196,8 +196,8 @@ fn json_field<'a>(json: &'a str, field: &str) -> &'a str {
         + field.len()
         + 3;
     let rest = &json[start..];
-    let end = if rest.starts_with('"') {
-        rest[1..].find('"').unwrap() + 2
+    let end = if let Some(string) = rest.strip_prefix('"') {
+        string.find('"').unwrap() + 2
     } else {
         rest.find([',', '}']).unwrap()
     };
