@@ -756,3 +756,59 @@ fn an_original_daemon_gets_the_original_lock_with_a_warning() {
         assert!(!fake.has_ended(1), "{args:?} fell back");
     }
 }
+
+/// With several servers, `status` and `evict` ask the key's server (the
+/// one `which` names and `lock` used), and `stats` every server.
+#[test]
+fn status_and_evict_go_to_the_keys_server() {
+    let (a, b) = (Daemon::start(), Daemon::start());
+    let servers = [a.addr.to_string(), b.addr.to_string()];
+    let both = |cmd: &mut Command| {
+        cmd.args(["--server", &servers[1]]);
+    };
+    let mut owners = std::collections::BTreeSet::new();
+    for key in ["backup", "cron", "deploy", "k1", "k2", "k3", "k4", "k5"] {
+        let mut which = cli(&servers[0]);
+        both(&mut which);
+        let owner = stdout(&run(which.args(["which", key]))).trim().to_owned();
+        owners.insert(owner.clone());
+        let scratch = Scratch::new(&format!("shard-{key}"));
+        let (started, go) = (scratch.path("started"), scratch.path("go"));
+        let mut lock = cli(&servers[0]);
+        both(&mut lock);
+        let holder = start(lock.args([
+            "--name",
+            "sharded",
+            "lock",
+            key,
+            "-c",
+            &hold_until(&started, &go, "h"),
+        ]));
+        wait_file(&started);
+        let (on_owner, other) = if owner == servers[0] {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        assert_eq!(info(on_owner, key)["holders"], "1", "{key}");
+        assert_eq!(info(other, key)["holders"], "0", "{key}");
+        let mut status = cli(&servers[0]);
+        both(&mut status);
+        let out = run(status.args(["status", key, "--json"]));
+        assert_eq!(json_field(&stdout(&out), "server"), format!("\"{owner}\""));
+        assert_eq!(json_field(&stdout(&out), "name"), "\"sharded\"");
+        let mut evict = cli(&servers[0]);
+        both(&mut evict);
+        let out = run(evict.args(["evict", key]));
+        assert_eq!(
+            stdout(&out),
+            format!("evicted 1 holder of {key} on {owner}\n")
+        );
+        assert_eq!(finish(holder).0.code(), Some(70));
+    }
+    assert_eq!(
+        owners.len(),
+        2,
+        "every key landed on one server: {owners:?}"
+    );
+}
