@@ -766,8 +766,18 @@ fn status_and_evict_go_to_the_keys_server() {
     let both = |cmd: &mut Command| {
         cmd.args(["--server", &servers[1]]);
     };
+    // One key that lives on each server.
+    let keys: Vec<String> = (0..servers.len())
+        .map(|i| {
+            (0..)
+                .map(|n| format!("key{n}"))
+                .find(|k| dreadlock::client::pick_server(&servers, k) == Some(i))
+                .unwrap()
+        })
+        .collect();
     let mut owners = std::collections::BTreeSet::new();
-    for key in ["backup", "cron", "deploy", "k1", "k2", "k3", "k4", "k5"] {
+    for key in &keys {
+        let key = key.as_str();
         let mut which = cli(&servers[0]);
         both(&mut which);
         let owner = stdout(&run(which.args(["which", key]))).trim().to_owned();
