@@ -662,6 +662,9 @@ fn auth_file_right_wrong_missing() {
     let out = run(cli(&server).args(["status", "k"]));
     assert_eq!(out.status.code(), Some(69));
     assert!(stderr(&out).contains("auth required"), "{}", stderr(&out));
+    let out = run(cli(&server).arg("ping"));
+    assert_eq!(out.status.code(), Some(69));
+    assert!(stdout(&out).contains("auth required"), "{}", stdout(&out));
     assert!(
         !Path::new(&ran).exists(),
         "the command ran without the lock"

@@ -161,6 +161,11 @@ enum Cmd {
     Lock(LockArgs),
 
     /// Check that every daemon answers; prints the round trip of each.
+    ///
+    /// Each connection is introduced as every other one is (the secret of
+    /// --auth-file, then the name), so a daemon that requires a secret and
+    /// did not get the right one counts as failing. A daemon that speaks
+    /// only the original protocol answers too, and is marked as such.
     Ping,
 
     /// Show who holds KEY, since when, and how many wait.
