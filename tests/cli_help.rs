@@ -30,9 +30,18 @@ fn subcommands(help: &str) -> Vec<String> {
 #[test]
 fn every_flag_of_every_subcommand_is_explained() {
     let top = help_of(&[]);
-    help::assert_every_argument_explained(&top, &["--server", "--connect-timeout", "--version"]);
+    help::assert_every_argument_explained(
+        &top,
+        &[
+            "--server",
+            "--connect-timeout",
+            "--name",
+            "--auth-file",
+            "--version",
+        ],
+    );
     let subs = subcommands(&top);
-    for want in ["lock", "ping", "which"] {
+    for want in ["lock", "ping", "status", "stats", "evict", "which"] {
         assert!(subs.iter().any(|s| s == want), "no {want} in {subs:?}");
     }
     for sub in &subs {
@@ -46,7 +55,13 @@ fn every_flag_of_every_subcommand_is_explained() {
             "--conflict-exit-code",
             "--kill-grace",
             "--quiet",
+            "--limit",
+            "--name",
+            "--auth-file",
             "<KEY>",
         ],
     );
+    help::assert_every_argument_explained(&help_of(&["status"]), &["<KEY>", "--json"]);
+    help::assert_every_argument_explained(&help_of(&["stats"]), &["--json"]);
+    help::assert_every_argument_explained(&help_of(&["evict"]), &["<KEY>"]);
 }

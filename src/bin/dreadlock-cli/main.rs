@@ -23,12 +23,15 @@
 //! that returns the exit code.
 
 mod duration;
+mod identity;
+mod report;
 mod signals;
 mod tree;
 mod watchdog;
 
 use std::ffi::OsString;
 use std::io::{ErrorKind, Write as _};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,11 +40,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use dreadlock::client::{self, Client, Connection, Error, Options, WAIT_FOREVER};
+use dreadlock::client::{
+    self, Client, Connection, Error, ErrorKind as ClientErrorKind, ErrorReply, Options,
+    WAIT_FOREVER,
+};
 use rustix::process::{Signal, WaitStatus};
 use signal_hook::iterator::Signals;
 
 use duration::parse_duration;
+use identity::parse_label;
 use tree::{SpawnError, Tree};
 
 /// Prints a line on stderr; a closed stderr is no reason to stop
@@ -93,6 +100,28 @@ struct Cli {
           value_parser = parse_connect_timeout)]
     connect_timeout: Duration,
 
+    /// Name every connection LABEL, so that `status` and the daemon's logs
+    /// show who holds a key: 1 to 64 bytes of ASCII letters, digits and the
+    /// characters `-_.:/`. Default: HOST/PID/COMMAND (this host's short
+    /// name, dreadlock-cli's pid, the command's name for `lock`, else
+    /// dreadlock-cli), other characters replaced by _, cut to 64 bytes.
+    /// Needs a daemon that speaks protocol version 2; the default name is
+    /// left out with one that does not.
+    #[arg(long, value_name = "LABEL", global = true, value_parser = parse_label)]
+    name: Option<String>,
+
+    /// Send the secret in FILE (its one line) first on every connection,
+    /// for a daemon started with --auth-file FILE. A daemon without auth
+    /// accepts it too. Default: $DREADLOCK_AUTH_FILE.
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        env = "DREADLOCK_AUTH_FILE",
+        hide_env = true
+    )]
+    auth_file: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Cmd,
 }
@@ -103,7 +132,17 @@ enum Cmd {
     ///
     /// Exits with COMMAND's exit code (128+N if a signal N killed it); see
     /// the exit codes below for what else can happen. COMMAND gets
-    /// DREADLOCK_KEY and DREADLOCK_SERVER in its environment.
+    /// DREADLOCK_KEY, DREADLOCK_SERVER and DREADLOCK_TOKEN in its
+    /// environment. DREADLOCK_TOKEN is the grant's fencing token, larger
+    /// than that of every earlier grant of the daemon: pass it to the
+    /// storage COMMAND writes to, so that it can refuse a stale holder.
+    ///
+    /// The lock is taken with `acquire`, which returns the token. A daemon
+    /// that speaks only the original protocol (the C dreadlock) closes the
+    /// connection on the version 2 commands: then, unless --limit above 1
+    /// or --name asks for what it cannot do, the lock is taken with the
+    /// original `lock` instead, with a warning on stderr, and COMMAND gets
+    /// no DREADLOCK_TOKEN.
     ///
     /// COMMAND never runs on once the lock is gone. If the connection to the
     /// daemon is lost, COMMAND and everything it started get SIGTERM at once
@@ -122,7 +161,66 @@ enum Cmd {
     Lock(LockArgs),
 
     /// Check that every daemon answers; prints the round trip of each.
+    ///
+    /// Each connection is introduced as every other one is (the secret of
+    /// --auth-file, then the name), so a daemon that requires a secret and
+    /// did not get the right one counts as failing. A daemon that speaks
+    /// only the original protocol answers too, and is marked as such.
     Ping,
+
+    /// Show who holds KEY, since when, and how many wait.
+    ///
+    /// Prints the holder's name, address, how long it has held KEY and its
+    /// fencing token, how many wait, and KEY's limit.
+    ///
+    /// For a semaphore held by several, the holder shown is the oldest. A
+    /// holder's name is what it sent with `name` (dreadlock-cli sends
+    /// HOST/PID/COMMAND unless --name says otherwise). Needs a daemon that
+    /// speaks protocol version 2.
+    #[command(after_help = STATUS_AFTER_HELP)]
+    Status {
+        /// The lock name: ASCII letters and digits, case-sensitive.
+        #[arg(value_parser = parse_key)]
+        key: String,
+
+        /// Print one JSON object instead: key, server, held, limit,
+        /// holders, waiters, name, peer, held_ms, token (a string: tokens
+        /// exceed what JSON readers keep exactly as numbers); the holder's
+        /// fields are null while KEY is free.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Print the counters of every daemon, one block per daemon.
+    ///
+    /// Each block lists the fields of the daemon's `stats` reply in its
+    /// order (PROTOCOL.md, rule V9). Exits 69 if a daemon does not answer
+    /// (the others are still printed). Needs a daemon that speaks protocol
+    /// version 2.
+    Stats {
+        /// Print a JSON array instead, one object per daemon:
+        /// {"server": ..., "stats": {...}} or {"server": ..., "error": ...};
+        /// counters are numbers, version and token strings.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Force-release KEY: close every connection holding it.
+    ///
+    /// The daemon closes each as if it had disconnected (all of their
+    /// locks are released, and the next waiters are granted); prints how
+    /// many.
+    ///
+    /// A dreadlock-cli whose connection is closed this way stops its
+    /// command (exit 70). The daemon allows evict from every connection
+    /// when it runs with --auth-file, and otherwise only from its own host
+    /// (loopback); elsewhere it answers "not allowed" (exit 69). Needs a
+    /// daemon that speaks protocol version 2.
+    Evict {
+        /// The lock name: ASCII letters and digits, case-sensitive.
+        #[arg(value_parser = parse_key)]
+        key: String,
+    },
 
     /// Print the daemon that KEY lives on (no network needed).
     Which {
@@ -155,6 +253,14 @@ struct LockArgs {
     /// Do not wait: give up at once if the lock is held (--timeout 0).
     #[arg(short, long, conflicts_with = "timeout")]
     nonblock: bool,
+
+    /// Treat KEY as a semaphore: up to N commands hold it at once, the
+    /// others wait in line (1 to 65535; 1 is the exclusive lock). Every
+    /// user of KEY must give the same N while it is held (else "limit
+    /// mismatch", exit 69). Needs a daemon that speaks protocol version 2.
+    #[arg(short = 'l', long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(dreadlock::wire::MAX_LIMIT)))]
+    limit: u32,
 
     /// Exit code when the lock is not granted within --timeout.
     #[arg(short = 'E', long, value_name = "CODE", default_value_t = EXIT_CONFLICT)]
@@ -197,8 +303,9 @@ macro_rules! exit_codes {
 Exit codes:
   N      COMMAND exited with N
   128+N  COMMAND was killed by signal N
-  2      usage error (bad option, invalid key)
-  69     could not reach the daemon, or it answered with an error
+  2      usage error (bad option, invalid key, unusable --auth-file)
+  69     could not reach the daemon, or it answered with an error (such as
+         auth required, auth failed, not allowed, limit mismatch)
   70     the connection to the daemon (so the lock) was lost while COMMAND ran;
          COMMAND was sent SIGTERM, then SIGKILL after --kill-grace
   75     the lock was not granted within --timeout (--conflict-exit-code)
@@ -213,6 +320,11 @@ Examples:
   dreadlock-cli lock backup -- rsync -a /srv/ backup:/srv/
   dreadlock-cli --server locks.example.com:6001 lock -n -E 0 nightly -- ./nightly.sh
   DREADLOCK_SERVERS=10.0.0.1:6001,10.0.0.2:6001 dreadlock-cli lock cache -c './rebuild > log'
+  dreadlock-cli lock --limit 3 rebuild -- ./rebuild.sh      # at most 3 at once
+  dreadlock-cli --name nightly-backup lock backup -c 'backup.sh --token \"$DREADLOCK_TOKEN\"'
+  dreadlock-cli status backup
+  dreadlock-cli stats --json
+  dreadlock-cli --auth-file /etc/dreadlock/secret evict backup
   dreadlock-cli ping
   dreadlock-cli --server a:6001 --server b:6001 which backup
 
@@ -220,8 +332,23 @@ Examples:
     exit_codes!(),
     "
 
-ping exits 0 when every daemon answers, 69 otherwise."
+ping and stats exit 0 when every daemon answers, 69 otherwise; status and
+evict exit 0 on an answer, 69 otherwise."
 );
+
+const STATUS_AFTER_HELP: &str = "\
+Example:
+  $ dreadlock-cli status backup
+  key       backup
+  server    127.0.0.1:6001
+  state     held, 2 waiting
+  limit     1 (an exclusive lock)
+  holders   1
+  waiters   2
+  name      db1/4242/pg_dump
+  peer      10.0.0.7:50312
+  held for  3m05s
+  token     1764662400000000042";
 
 const LOCK_AFTER_HELP: &str = concat!(
     "\
@@ -229,6 +356,8 @@ Examples:
   dreadlock-cli lock backup -c 'pg_dump db > db.sql'
   dreadlock-cli lock --nonblock --quiet nightly -- ./nightly.sh   # skip if running
   dreadlock-cli lock --timeout 1.5s --kill-grace 30s deploy -- ./deploy.sh
+  dreadlock-cli lock --limit 2 encode -- ./encode.sh    # two at once
+  dreadlock-cli lock backup -c 'write --fence \"$DREADLOCK_TOKEN\"'
 
 ",
     exit_codes!()
@@ -266,40 +395,200 @@ fn main() -> ExitCode {
             _ => vec![client::DEFAULT_SERVER.to_owned()],
         }
     };
-    let options = Options {
-        connect_timeout: cli.connect_timeout,
-        ..Options::default()
-    };
-    let client = match Client::with_options(servers, options.clone()) {
+    let client = match Client::new(servers) {
         Ok(c) => c,
         Err(e) => {
             say!("{e}");
             return ExitCode::from(2);
         }
     };
+    if let Cmd::Which { key } = &cli.command {
+        println!("{}", client.server_for(key));
+        return ExitCode::SUCCESS;
+    }
+    let auth = match &cli.auth_file {
+        None => None,
+        Some(path) => match identity::read_secret(path) {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                say!("--auth-file {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let command_name = match &cli.command {
+        Cmd::Lock(args) => match &args.shell_command {
+            Some(line) => identity::command_name(&line.to_string_lossy()).to_owned(),
+            None => identity::command_name(&args.argv[0].to_string_lossy()).to_owned(),
+        },
+        _ => "dreadlock-cli".to_owned(),
+    };
+    let ctx = Ctx {
+        options: Options {
+            connect_timeout: cli.connect_timeout,
+            auth,
+            ..Options::default()
+        },
+        name_given: cli.name.is_some(),
+        name: cli.name.unwrap_or_else(|| {
+            identity::default_name(&identity::host_name(), std::process::id(), &command_name)
+        }),
+    };
     ExitCode::from(match cli.command {
-        Cmd::Lock(args) => lock(&client, &options, args, ignored),
-        Cmd::Ping => ping(&client, &options),
-        Cmd::Which { key } => {
-            println!("{}", client.server_for(&key));
-            0
-        }
-        Cmd::Watchdog { .. } => unreachable!("handled above"),
+        Cmd::Lock(args) => lock(&client, &ctx, args, ignored),
+        Cmd::Ping => ping(&client, &ctx),
+        Cmd::Status { key, json } => status(&client, &ctx, &key, json),
+        Cmd::Stats { json } => stats(&client, &ctx, json),
+        Cmd::Evict { key } => evict(&client, &ctx, &key),
+        Cmd::Which { .. } | Cmd::Watchdog { .. } => unreachable!("handled above"),
     })
 }
 
-fn ping(client: &Client, options: &Options) -> u8 {
+/// How every connection is opened and introduced.
+struct Ctx {
+    /// Connection settings, `auth` included; `name` is sent by [`open`].
+    options: Options,
+    /// The label every connection sends.
+    name: String,
+    /// Whether `--name` gave it (then a daemon that cannot take it is an
+    /// error, not a reason to go without).
+    name_given: bool,
+}
+
+/// The protocol a daemon speaks, as [`open`] found out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// It took `name`: version 2.
+    V2,
+    /// It closed the connection on `name`: the original protocol only.
+    V1,
+}
+
+/// Connects to `server`, sends the secret (if any) and names the
+/// connection. A daemon that closes the connection on `name` speaks only
+/// the original protocol (PROTOCOL.md rule V10); with `fallback`, and
+/// when neither `--name` nor `--auth-file` asked for version 2, a second
+/// connection is opened without the name and reported as
+/// [`Protocol::V1`].
+fn open(server: &str, ctx: &Ctx, fallback: bool) -> Result<(Connection, Protocol), Error> {
+    let mut conn = Connection::connect(server, &ctx.options)?;
+    match conn.name(&ctx.name) {
+        Ok(()) => Ok((conn, Protocol::V2)),
+        Err(e) if fallback && !ctx.name_given && ctx.options.auth.is_none() && closed(&e) => {
+            Ok((Connection::connect(server, &ctx.options)?, Protocol::V1))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the daemon closed the connection (what the original does on a
+/// command it does not know).
+fn closed(e: &Error) -> bool {
+    e.io_error().is_some_and(|e| {
+        matches!(
+            e.kind(),
+            ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+        )
+    })
+}
+
+/// The error's text, with what to do about the daemon's refusals.
+fn describe(e: &Error) -> String {
+    let hint = match e.kind() {
+        ClientErrorKind::Rejected(ErrorReply::AuthRequired) => {
+            " (the daemon requires a secret: give --auth-file FILE, or set DREADLOCK_AUTH_FILE)"
+        }
+        ClientErrorKind::Rejected(ErrorReply::AuthFailed) => {
+            " (the daemon rejected the secret of --auth-file)"
+        }
+        ClientErrorKind::Rejected(ErrorReply::NotAllowed) => {
+            " (a daemon without --auth-file allows evict only from its own host, over loopback)"
+        }
+        ClientErrorKind::Rejected(ErrorReply::LimitMismatch) => {
+            " (the key is held with another --limit; every user of a key must give the same one)"
+        }
+        _ => "",
+    };
+    format!("{e}{hint}")
+}
+
+fn ping(client: &Client, ctx: &Ctx) -> u8 {
     let mut code = 0;
     for server in client.servers() {
-        match Connection::connect(server, options).and_then(|mut c| c.ping()) {
-            Ok(rtt) => println!("{server} ok {:.3} ms", rtt.as_secs_f64() * 1000.0),
+        match open(server, ctx, true).and_then(|(mut c, protocol)| Ok((c.ping()?, protocol))) {
+            Ok((rtt, protocol)) => {
+                let note = match protocol {
+                    Protocol::V2 => "",
+                    Protocol::V1 => {
+                        " (the original protocol only: no status, stats, evict, --limit, tokens)"
+                    }
+                };
+                println!("{server} ok {:.3} ms{note}", rtt.as_secs_f64() * 1000.0);
+            }
             Err(e) => {
-                println!("{server} error: {}", e.kind());
+                println!("{server} error: {}", describe(&e));
                 code = EXIT_UNAVAILABLE;
             }
         }
     }
     code
+}
+
+fn status(client: &Client, ctx: &Ctx, key: &str, json: bool) -> u8 {
+    let server = client.server_for(key);
+    match open(server, ctx, false).and_then(|(mut c, _)| c.info(key)) {
+        Ok(info) if json => println!("{}", report::status_json(key, server, &info)),
+        Ok(info) => print!("{}", report::status_text(key, server, &info)),
+        Err(e) => {
+            say!("status {key}: {}", describe(&e));
+            return EXIT_UNAVAILABLE;
+        }
+    }
+    0
+}
+
+fn stats(client: &Client, ctx: &Ctx, json: bool) -> u8 {
+    let results: Vec<(String, Result<client::Stats, String>)> = client
+        .servers()
+        .map(|server| {
+            let result = open(server, ctx, false)
+                .and_then(|(mut c, _)| c.stats())
+                .map_err(|e| describe(&e));
+            (server.to_owned(), result)
+        })
+        .collect();
+    if json {
+        println!("{}", report::stats_json(&results));
+    } else {
+        let blocks: Vec<String> = results
+            .iter()
+            .map(|(server, result)| report::stats_text(server, result))
+            .collect();
+        print!("{}", blocks.join("\n"));
+    }
+    if results.iter().all(|(_, r)| r.is_ok()) {
+        0
+    } else {
+        EXIT_UNAVAILABLE
+    }
+}
+
+fn evict(client: &Client, ctx: &Ctx, key: &str) -> u8 {
+    let server = client.server_for(key);
+    match open(server, ctx, false).and_then(|(mut c, _)| c.evict(key)) {
+        Ok(n) => {
+            let holders = if n == 1 { "holder" } else { "holders" };
+            println!("evicted {n} {holders} of {key} on {server}");
+            0
+        }
+        Err(e) => {
+            say!("evict {key}: {}", describe(&e));
+            EXIT_UNAVAILABLE
+        }
+    }
 }
 
 /// What the supervisor loop hears about.
@@ -309,13 +598,17 @@ enum Event {
     Lost(String),
 }
 
-fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 {
+fn lock(client: &Client, ctx: &Ctx, args: LockArgs, ignored: u64) -> u8 {
     let key = args.key.as_str();
     let server = client.server_for(key);
-    let mut conn = match Connection::connect(server, options) {
+    let (mut conn, protocol) = match open(server, ctx, args.limit == 1) {
         Ok(c) => c,
+        Err(e) if e.io_error().is_some() => {
+            say!("cannot connect to {}", describe(&e));
+            return EXIT_UNAVAILABLE;
+        }
         Err(e) => {
-            say!("cannot connect to {server}: {}", e.kind());
+            say!("lock {key}: {}", describe(&e));
             return EXIT_UNAVAILABLE;
         }
     };
@@ -324,8 +617,20 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
     } else {
         args.timeout
     };
-    match conn.lock(key, timeout.unwrap_or(WAIT_FOREVER)) {
-        Ok(()) => {}
+    let wait = timeout.unwrap_or(WAIT_FOREVER);
+    let granted = match protocol {
+        Protocol::V2 => conn.acquire(key, wait, args.limit).map(Some),
+        Protocol::V1 => {
+            say!(
+                "warning: {server} speaks only the original protocol (it closed the connection \
+                 on `name`): taking {key} with `lock`, with no name and no fencing token \
+                 (DREADLOCK_TOKEN is not set)"
+            );
+            conn.lock(key, wait).map(|()| None)
+        }
+    };
+    let token = match granted {
+        Ok(token) => token,
         Err(e) if e.is_timeout() => {
             if !args.quiet {
                 say!(
@@ -336,20 +641,24 @@ fn lock(client: &Client, options: &Options, args: LockArgs, ignored: u64) -> u8 
             return args.conflict_exit_code;
         }
         Err(e) => {
-            say!("lock {key} on {server}: {}", e.kind());
+            say!("lock {key}: {}", describe(&e));
             return EXIT_UNAVAILABLE;
         }
-    }
-    run_holding(&mut conn, key, &args, ignored, |conn| conn.unlock(key))
+    };
+    run_holding(&mut conn, key, token, &args, ignored, |conn| {
+        conn.unlock(key)
+    })
 }
 
-/// Runs the command of `args` while `conn` holds the lock on `key`, and
-/// gives the lock back with `release` once nothing of the command is left
-/// (unless the connection, and so the lock, was lost). Returns the exit
-/// code. Other ways of taking a lock can share it: only `release` differs.
+/// Runs the command of `args` while `conn` holds the lock on `key` (granted
+/// with `token`, if the daemon gave one), and gives the lock back with
+/// `release` once nothing of the command is left (unless the connection,
+/// and so the lock, was lost). Returns the exit code. Other ways of taking
+/// a lock can share it: only `release` differs.
 fn run_holding(
     conn: &mut Connection,
     key: &str,
+    token: Option<u64>,
     args: &LockArgs,
     ignored: u64,
     release: impl FnOnce(&mut Connection) -> Result<(), Error>,
@@ -423,6 +732,12 @@ fn run_holding(
     command
         .env("DREADLOCK_KEY", key)
         .env("DREADLOCK_SERVER", server);
+    // Never an inherited one (a nested dreadlock-cli against an original
+    // daemon): a stale token is worse than none.
+    match token {
+        Some(t) => command.env("DREADLOCK_TOKEN", t.to_string()),
+        None => command.env_remove("DREADLOCK_TOKEN"),
+    };
     let mut tree = match Tree::spawn(&mut command) {
         Ok(tree) => tree,
         Err(e) => {
