@@ -8,7 +8,8 @@
 //! src/lock_table.rs  key -> holder + FIFO waiters; pure data structure
 //! src/stats.rs     counters and duration histograms (stats, summary, /metrics)
 //! src/core.rs        sans-I/O protocol engine: bytes + clock in, replies out
-//! src/reactor.rs     single-threaded mio loop, slab of connections, buffers
+//! src/conn.rs        per-connection I/O policy: budgets, backpressure, closing
+//! src/reactor.rs     single-threaded mio loop pumping it: poll, accept, signals
 //! src/log.rs         stderr logging with a rate limit on client-caused warnings
 //! src/main.rs        CLI, descriptor limit, signals; runs the reactor
 //! src/model.rs       reference models + checks shared by fuzz targets and tests
@@ -16,6 +17,7 @@
 //! src/client.rs      blocking client library: lock guards, rendezvous hashing
 //! ```
 pub mod client;
+pub mod conn;
 pub mod core;
 pub mod lock_table;
 pub mod log;

@@ -155,7 +155,7 @@ fn main() -> ExitCode {
         keepalive: (args.keepalive > 0).then(|| std::time::Duration::from_secs(args.keepalive)),
     };
     let addr = SocketAddr::new(args.bind, args.port);
-    let reactor = match Reactor::bind(addr, config, log, true) {
+    let reactor = match Reactor::bind(addr, config, log) {
         Ok(r) => r,
         Err(e) => {
             Log::new(level).error(format_args!("cannot listen on {addr}: {e}"));
