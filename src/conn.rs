@@ -318,6 +318,27 @@ impl<S: Socket> Driver<S> {
             .is_some_and(|conn| conn.phase == Phase::Open)
     }
 
+    /// A one-line account of slot `c`'s state, for failure messages.
+    pub fn describe(&self, c: usize) -> String {
+        match self.conns.get(c) {
+            None => format!("slot {c}: empty"),
+            Some(conn) => format!(
+                "slot {c}: {:?}, out {} bytes, readable {}, fin_seen {}, eof {}, resuming {}, \
+                 want_write {}, queued {}, core wants input {}, waiting {}",
+                conn.phase,
+                conn.out.len(),
+                conn.readable,
+                conn.fin_seen,
+                conn.eof,
+                conn.resuming,
+                conn.want_write,
+                conn.queued,
+                self.core.wants_input(ConnId(c)),
+                self.core.is_waiting(ConnId(c)),
+            ),
+        }
+    }
+
     /// Whether some connection can take a turn now (poll without sleeping).
     pub fn has_ready(&self) -> bool {
         !self.ready.is_empty()

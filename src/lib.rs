@@ -13,6 +13,7 @@
 //! src/log.rs         stderr logging with a rate limit on client-caused warnings
 //! src/main.rs        CLI, descriptor limit, signals; runs the reactor
 //! src/model.rs       reference models + checks shared by fuzz targets and tests
+//! src/reactor_sim.rs seeded simulation of conn.rs over simulated sockets (test, fuzz)
 //! src/wire.rs      reply bytes, limits and byte classes shared by client and daemon
 //! src/client.rs      blocking client library: lock guards, rendezvous hashing
 //! ```
@@ -24,6 +25,7 @@ pub mod log;
 pub mod model;
 pub mod parser;
 pub mod reactor;
+pub mod reactor_sim;
 pub mod stats;
 pub mod timer;
 pub mod wire;
