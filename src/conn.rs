@@ -26,8 +26,9 @@
 //!   output is below `max_output_bytes` (or empty, so a bound of 0 means
 //!   "one batch at a time"), and reading only while the core wants input.
 //!   So unsent output is at most `max_output_bytes` plus the replies to one
-//!   turn (and one wake-up reply). The buffer is compacted after every write:
-//!   it holds unsent bytes only.
+//!   turn (and one wake-up reply). The buffer drops its sent prefix as soon
+//!   as that is as long as the rest, so it holds at most twice that much,
+//!   however long it stays backed up.
 //! * **Half-close.** After the peer's FIN, a connection that is not waiting
 //!   still has every command before the FIN run (resumed, if need be) and
 //!   answered; then it closes. A waiting connection's FIN withdraws its wait
@@ -171,9 +172,13 @@ struct Conn<S> {
     peer: SocketAddr,
     /// Tells this connection from a later one in the same slab slot.
     serial: u64,
-    /// Unsent replies.
-    /// INVARIANT: holds unsent bytes only (compacted after every write).
+    /// Replies; `out[out_pos..]` is unsent.
+    /// INVARIANT: `out_pos <= out.len() - out_pos` after every write (the
+    /// sent prefix is dropped once it is as long as what remains), so the
+    /// buffer holds at most twice its unsent bytes, and compaction costs
+    /// amortized O(1) per byte.
     out: Vec<u8>,
+    out_pos: usize,
     /// Edge-triggered: set by an event, cleared once a read shows the
     /// socket drained. While set and the connection may not take a turn,
     /// its bytes wait in the kernel.
@@ -196,7 +201,12 @@ struct Conn<S> {
 impl<S> Conn<S> {
     /// Whether a turn may add output: below the bound, or empty.
     fn output_open(&self, max_output_bytes: usize) -> bool {
-        self.out.is_empty() || self.out.len() < max_output_bytes
+        let unsent = self.unsent();
+        unsent == 0 || unsent < max_output_bytes
+    }
+
+    fn unsent(&self) -> usize {
+        self.out.len() - self.out_pos
     }
 }
 
@@ -303,6 +313,11 @@ impl<S: Socket> Driver<S> {
 
     /// Unsent output of connection `c` (0 for an empty slot).
     pub fn output_len(&self, c: usize) -> usize {
+        self.conns.get(c).map_or(0, Conn::unsent)
+    }
+
+    /// Bytes connection `c`'s output buffer holds, sent prefix included.
+    pub fn output_held(&self, c: usize) -> usize {
         self.conns.get(c).map_or(0, |conn| conn.out.len())
     }
 
@@ -326,7 +341,7 @@ impl<S: Socket> Driver<S> {
                 "slot {c}: {:?}, out {} bytes, readable {}, fin_seen {}, eof {}, resuming {}, \
                  want_write {}, queued {}, core wants input {}, waiting {}",
                 conn.phase,
-                conn.out.len(),
+                conn.unsent(),
                 conn.readable,
                 conn.fin_seen,
                 conn.eof,
@@ -373,6 +388,7 @@ impl<S: Socket> Driver<S> {
             peer,
             serial,
             out: Vec::new(),
+            out_pos: 0,
             readable: false,
             fin_seen: false,
             eof: false,
@@ -761,6 +777,7 @@ impl<S: Socket> Driver<S> {
         if conn.phase != Phase::Dead {
             conn.phase = Phase::Dead;
             conn.out = Vec::new();
+            conn.out_pos = 0;
             self.dead.push(c);
         }
     }
@@ -799,7 +816,7 @@ impl<S: Socket> Driver<S> {
         if conn.phase == Phase::Dead {
             return;
         }
-        let mut pos = 0;
+        let mut pos = conn.out_pos;
         while pos < conn.out.len() {
             match conn.sock.write(&conn.out[pos..]) {
                 Ok(0) => break,
@@ -813,13 +830,21 @@ impl<S: Socket> Driver<S> {
                 }
             }
         }
-        // Compact: the buffer holds unsent bytes only, so it never grows
-        // past the bound while it stays backed up.
-        conn.out.drain(..pos);
-        let backed_up = !conn.out.is_empty();
-        if !backed_up && conn.out.capacity() > KEEP_OUT_CAPACITY {
-            conn.out = Vec::new();
+        // Compact, so the buffer does not grow past twice the bound while
+        // it stays backed up (see the INVARIANT on `out`).
+        if pos == conn.out.len() {
+            conn.out.clear();
+            conn.out_pos = 0;
+            if conn.out.capacity() > KEEP_OUT_CAPACITY {
+                conn.out = Vec::new();
+            }
+        } else if pos >= conn.out.len() - pos {
+            conn.out.drain(..pos);
+            conn.out_pos = 0;
+        } else {
+            conn.out_pos = pos;
         }
+        let backed_up = conn.out_pos < conn.out.len();
         if backed_up != conn.want_write {
             conn.want_write = backed_up;
             self.interest.push_back((c, backed_up));

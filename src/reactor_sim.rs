@@ -580,8 +580,13 @@ fn run(d: &mut Dice<'_>, max_steps: u64) -> SimReport {
                         out <= out_bound,
                         "client {k}: {out} bytes of output queued, over {out_bound}"
                     );
+                    let held = driver.output_held(c);
                     assert!(
-                        driver.output_capacity(c) <= (2 * out_bound).max(8192),
+                        held <= 2 * out_bound,
+                        "client {k}: the output buffer holds {held} bytes, over twice {out_bound}"
+                    );
+                    assert!(
+                        driver.output_capacity(c) <= (4 * out_bound).max(8192),
                         "client {k}: output buffer of {} bytes",
                         driver.output_capacity(c)
                     );
