@@ -167,6 +167,7 @@ impl Reactor {
         let spin = Spin::new(config.busy_poll);
         let policy = Policy {
             max_output_bytes: config.max_output_bytes,
+            read_budget: crate::conn::DEFAULT_READ_BUDGET.max(config.core.max_line_bytes),
             ..Policy::default()
         };
         let clock =
