@@ -1,6 +1,7 @@
 //! The only part that touches the world: a single-threaded, edge-triggered
-//! mio loop over a listener and a `Slab` of connections, feeding the
-//! sans-I/O [`Core`] and writing what it returns.
+//! mio loop over a listener and the connections' sockets, pumping events
+//! and bytes through the [`Driver`] (which owns the slab of connections and
+//! the sans-I/O [`Core`]).
 //!
 //! # One loop iteration
 //!
@@ -17,7 +18,7 @@
 //! ```
 //!
 //! What to read, when to stop, what to write and how to close are decided by
-//! the [`Driver`](crate::conn::Driver) in `conn.rs`, plain state that a
+//! the [`Driver`] in `conn.rs`, plain state that a
 //! simulation drives too; this file only moves events and bytes between it
 //! and the operating system.
 //!

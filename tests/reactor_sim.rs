@@ -73,3 +73,52 @@ fn seeded_worlds_keep_every_promise() {
         assert!(total.resets > 0, "no reset");
     }
 }
+
+/// The `reactor` fuzz target's committed seeds, replayed through the same
+/// function the fuzzer calls.
+#[test]
+fn fuzz_seeds_replay() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/reactor");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/reactor") {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        if catch_unwind(|| dreadlock::reactor_sim::check_reactor(&data)).is_err() {
+            panic!("seed {} fails", path.display());
+        }
+        n += 1;
+    }
+    assert!(n >= 4, "only {n} seeds in {}", dir.display());
+}
+
+/// Writes the named seeds of the `reactor` fuzz target (`cargo test --test
+/// reactor_sim -- --ignored write_seeds`). An input is a stream of
+/// little-endian u16 choices, each taken modulo the number of options; the
+/// first six pick the world's limits: line limit (16, 40, 10000), pending
+/// bound (0, 1, 50, 300), locks per connection (1, 2, 1024), output bound
+/// (0, 1, 20, 200), read budget (1, 7, 30, 64), linger bytes (40, 300, 2000).
+#[test]
+#[ignore]
+fn write_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/reactor");
+    std::fs::create_dir_all(&dir).unwrap();
+    let seeds: [(&str, [u16; 6], u64); 5] = [
+        ("seed-tiny-budget-zero-output-bound", [2, 2, 2, 0, 0, 1], 1),
+        (
+            "seed-large-budget-large-output-bound",
+            [2, 3, 2, 3, 3, 2],
+            2,
+        ),
+        ("seed-short-lines-tight-linger", [0, 1, 0, 1, 1, 0], 3),
+        ("seed-no-pending-buffer", [1, 0, 2, 2, 2, 1], 4),
+        ("seed-default-world", [2, 3, 2, 3, 3, 2], 5),
+    ];
+    for (name, limits, seed) in seeds {
+        let mut rng = dreadlock::model::Rng::new(seed);
+        let mut data: Vec<u8> = limits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        while data.len() < 6000 {
+            data.extend_from_slice(&(rng.next_u64() as u16).to_le_bytes());
+        }
+        std::fs::write(dir.join(name), &data).unwrap();
+    }
+}
