@@ -25,6 +25,18 @@
 //! reaches `max_pending_bytes`, and the reactor stops reading the socket.
 //! A connection in its auth failure delay runs nothing more: it is answered
 //! `e auth failed` and closed when the delay ends.
+//!
+//! # Resuming
+//!
+//! When a wait ends, the connection's buffered bytes do not run at once:
+//! they could be a whole pending buffer of commands whose last one releases
+//! a key, granting the next waiter, whose buffer runs at once too, and so on
+//! down a queue of thousands. Instead the connection is *resuming*:
+//! [`Core::poll_resumable`] reports it, and the reactor runs its buffer in
+//! slices of its own choosing with [`Core::handle_resume`], under the same
+//! per-iteration budget as fresh input. Until its buffer is used up a
+//! resuming connection takes no new input ([`Core::wants_input`] is false),
+//! and bytes given to it anyway are appended, so commands still run in order.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -308,8 +320,9 @@ enum AuthState {
 
 struct ConnState {
     parser: Parser,
-    /// Unparsed bytes received while waiting.
-    /// INVARIANT: empty unless `waiting` (or while being resumed).
+    /// Unparsed bytes received while waiting; after the wait ends, the
+    /// bytes still to resume.
+    /// INVARIANT: empty unless `waiting`, or resuming (see the module docs).
     pending: Vec<u8>,
     /// INVARIANT: `waiting` iff the lock table has this connection queued.
     waiting: bool,
@@ -338,7 +351,7 @@ pub struct Core {
     conns: Vec<Option<ConnState>>,
     open: usize,
     outputs: VecDeque<Output>,
-    /// Connections whose wait just ended and whose pending bytes must run.
+    /// Connections whose wait ended, in that order, for `poll_resumable`.
     resume: VecDeque<ConnId>,
     granted: Vec<(ConnId, u64)>,
     /// Scratch for `evict`'s holders.
@@ -464,15 +477,15 @@ impl Core {
     pub fn handle_bytes(&mut self, conn: ConnId, bytes: &[u8], now_us: u64) {
         self.clock(now_us);
         self.expire(now_us);
-        // If `conn`'s wait just timed out, the bytes it sent while waiting
-        // run before these (in-order processing, PROTOCOL.md rule 4).
-        self.drain_resume(now_us);
         let Some(Some(st)) = self.conns.get_mut(conn.0) else {
             return;
         };
         if st.auth == AuthState::Failing {
             // Closed when the delay ends; nothing it sends meanwhile runs.
-        } else if st.waiting {
+        } else if st.waiting || !st.pending.is_empty() {
+            // Waiting, or resuming (perhaps since its wait just timed out):
+            // the bytes buffered before run first (in-order processing,
+            // PROTOCOL.md rule 4).
             st.pending.extend_from_slice(bytes);
         } else {
             let used = self.run(conn, bytes, now_us);
@@ -482,7 +495,6 @@ impl Core {
                 }
             }
         }
-        self.drain_resume(now_us);
         self.debug_check();
     }
 
@@ -494,7 +506,6 @@ impl Core {
         if self.forget(conn, ReleaseCause::Disconnect) {
             self.stats.disconnects += 1;
         }
-        self.drain_resume(now_us);
         self.debug_check();
     }
 
@@ -502,8 +513,53 @@ impl Core {
     pub fn handle_timeout(&mut self, now_us: u64) {
         self.clock(now_us);
         self.expire(now_us);
-        self.drain_resume(now_us);
         self.debug_check();
+    }
+
+    /// A connection whose wait ended with commands buffered behind it, in
+    /// the order the waits ended. Call [`Core::handle_resume`] for it until
+    /// that returns false (or it closes). A connection may be reported
+    /// again while still resuming; `handle_resume` then has nothing to do.
+    pub fn poll_resumable(&mut self) -> Option<ConnId> {
+        while let Some(conn) = self.resume.pop_front() {
+            if matches!(self.conns.get(conn.0), Some(Some(st)) if !st.waiting && !st.pending.is_empty())
+            {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Runs the next (at most) `max_bytes` of `conn`'s buffered bytes (at
+    /// least one byte), as if they had just been received. Returns whether
+    /// bytes remain to resume; false once the buffer is used up, or the
+    /// connection waits again, closed, or is unknown.
+    pub fn handle_resume(&mut self, conn: ConnId, max_bytes: usize, now_us: u64) -> bool {
+        self.clock(now_us);
+        self.expire(now_us);
+        let Some(Some(st)) = self.conns.get_mut(conn.0) else {
+            return false;
+        };
+        if st.waiting || st.pending.is_empty() || st.auth == AuthState::Failing {
+            return false;
+        }
+        let mut buf = std::mem::take(&mut st.pending);
+        let end = buf.len().min(max_bytes.max(1));
+        let used = self.run(conn, &buf[..end], now_us);
+        let more = match self.conns.get_mut(conn.0) {
+            Some(Some(st)) => {
+                buf.drain(..used);
+                if buf.is_empty() && buf.capacity() > 4096 {
+                    // Do not keep a large buffer for the next wait.
+                    buf = Vec::new();
+                }
+                st.pending = buf;
+                !st.waiting && !st.pending.is_empty() && st.auth != AuthState::Failing
+            }
+            _ => false,
+        };
+        self.debug_check();
+        more
     }
 
     /// The next thing to do, in order.
@@ -518,14 +574,15 @@ impl Core {
     }
 
     /// Whether the reactor should read more from `conn`: false while the
-    /// bytes buffered behind a waiting `lock` are at their bound, and during
-    /// an auth failure delay.
+    /// bytes buffered behind a waiting `lock` are at their bound, while it is
+    /// resuming, and during an auth failure delay.
     pub fn wants_input(&self, conn: ConnId) -> bool {
         match self.conns.get(conn.0) {
             Some(Some(st)) if st.auth == AuthState::Failing => false,
             // Only a waiting connection buffers; the others are always read
             // (even with a bound of 0).
-            Some(Some(st)) => !st.waiting || st.pending.len() < self.config.max_pending_bytes,
+            Some(Some(st)) if st.waiting => st.pending.len() < self.config.max_pending_bytes,
+            Some(Some(st)) => st.pending.is_empty(),
             _ => false,
         }
     }
@@ -813,30 +870,6 @@ impl Core {
         }
     }
 
-    /// Runs the pending bytes of connections whose wait ended, in order.
-    fn drain_resume(&mut self, now_us: u64) {
-        while let Some(conn) = self.resume.pop_front() {
-            let Some(Some(st)) = self.conns.get_mut(conn.0) else {
-                continue;
-            };
-            if st.waiting || st.pending.is_empty() {
-                continue;
-            }
-            let mut buf = std::mem::take(&mut st.pending);
-            let used = self.run(conn, &buf, now_us);
-            if let Some(Some(st)) = self.conns.get_mut(conn.0) {
-                if st.waiting {
-                    buf.drain(..used);
-                    st.pending = buf;
-                } else if buf.capacity() <= 4096 {
-                    // Keep a modest buffer for the next wait.
-                    buf.clear();
-                    st.pending = buf;
-                }
-            }
-        }
-    }
-
     /// The core closes `conn` itself: forgets it (as a disconnect, with
     /// `cause` for its releases) and tells the reactor to close it.
     fn close(&mut self, conn: ConnId, reason: CloseReason, cause: ReleaseCause) {
@@ -925,13 +958,9 @@ impl Core {
                 );
                 timers += 1;
             }
-            if !st.waiting {
-                assert!(st.pending.is_empty(), "{conn:?} keeps pending bytes");
-            }
         }
         assert_eq!(open, self.open, "open count");
         assert_eq!(timers, self.timers.len(), "a timer without a waiter");
-        assert!(self.resume.is_empty(), "resume queue not drained");
         assert!(
             self.stats.wait_granted.count == self.stats.grants_total(),
             "a grant without its wait time"
@@ -969,7 +998,12 @@ mod tests {
             self.now_us += ms * MS;
             self.core.handle_timeout(self.now_us);
         }
+        /// Resumes every connection whose wait ended, in turn, then
+        /// collects the outputs.
         fn out(&mut self) -> Vec<(usize, String)> {
+            while let Some(c) = self.core.poll_resumable() {
+                while self.core.handle_resume(c, 7, self.now_us) {}
+            }
             let mut v = vec![];
             while let Some(o) = self.core.poll_output() {
                 v.push(match o {

@@ -96,7 +96,8 @@
 //! src/lock_table.rs  key -> holder + FIFO waiters; pure data structure
 //! src/stats.rs       counters and duration histograms (stats, summary, /metrics)
 //! src/core.rs        sans-I/O protocol engine: bytes + clock in, replies out
-//! src/reactor.rs     single-threaded mio loop, slab of connections, buffers
+//! src/conn.rs        per-connection I/O policy: budgets, backpressure, closing
+//! src/reactor.rs     single-threaded mio loop pumping it: poll, accept, signals
 //! src/log.rs         stderr logging: timestamps, journal priorities, never blocks
 //! src/metrics.rs     Prometheus text format and the `stats` line from a snapshot
 //! src/admin.rs       the admin HTTP endpoint (/metrics, /healthz), sans-I/O + mio
@@ -104,6 +105,7 @@
 //! src/allow.rs       --allow CIDR: which peers may connect (pure, unit-tested)
 //! src/main.rs        CLI, descriptor limit, signals; runs the reactor
 //! src/model.rs       reference models + checks shared by fuzz targets and tests
+//! src/reactor_sim.rs seeded simulation of conn.rs over simulated sockets (test, fuzz)
 //! src/wire.rs        reply bytes, limits and byte classes shared by client and daemon
 //! src/client.rs      client library: guards, pool, rendezvous hashing
 //!   client/proto.rs        sans-I/O command lines and reply parsing
@@ -122,6 +124,9 @@ pub mod admin;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
 pub mod allow;
+#[cfg(feature = "daemon")]
+#[doc(hidden)]
+pub mod conn;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
 pub mod core;
@@ -143,6 +148,9 @@ pub mod parser;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
 pub mod reactor;
+#[cfg(all(feature = "daemon", any(test, feature = "model")))]
+#[doc(hidden)]
+pub mod reactor_sim;
 #[cfg(feature = "daemon")]
 #[doc(hidden)]
 pub mod stats;

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use dreadlock::lock_table::KEY_OVERHEAD_BYTES;
 use dreadlock::log::{Level, Log};
 use dreadlock::reactor::{self, Reactor};
 use dreadlock::{core, parser};
@@ -18,73 +19,100 @@ use dreadlock::{core, parser};
 #[derive(clap::Parser, Debug)]
 #[command(version, about, long_about, after_help = AFTER_HELP)]
 struct Args {
-    /// TCP port to listen on (positional, as in the original dreadlock).
-    #[arg(value_name = "PORT", default_value_t = 6001)]
+    /// TCP port to listen on (positional, as in the original dreadlock);
+    /// 0 picks a free one.
+    #[arg(value_name = "PORT", env = "DREADLOCK_PORT", default_value_t = 6001)]
     port: u16,
 
     /// Address to bind; the default listens on all IPv4 interfaces, like the
     /// original. Use 127.0.0.1 to accept local clients only, :: for IPv6 too.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "DREADLOCK_BIND",
+        default_value = "0.0.0.0"
+    )]
     bind: IpAddr,
 
-    /// Most simultaneous connections. Default: as many as the open-file limit
-    /// allows (the soft limit is raised to the hard limit at start). At the
-    /// cap, new connections wait in the listen backlog until one closes.
-    #[arg(long, value_name = "N")]
+    /// Most simultaneous connections (1 to 4294967295). Default: as many as
+    /// the open-file limit allows (the soft limit is raised to the hard limit
+    /// at start). At the cap, new connections wait in the listen backlog
+    /// until one closes.
+    #[arg(long, value_name = "N", env = "DREADLOCK_MAX_CONNECTIONS",
+          value_parser = ranged::<usize>(1, MAX_CONNECTIONS))]
     max_connections: Option<usize>,
 
-    /// Longest accepted command line in bytes, CRLF included; a longer line
-    /// is a syntax error and drops the connection.
-    #[arg(long, value_name = "BYTES", default_value_t = parser::DEFAULT_MAX_LINE_BYTES,
-          value_parser = clap::value_parser!(usize))]
+    /// Longest accepted command line in bytes, CRLF included (16 to
+    /// 1048576); a longer line is a syntax error and drops the connection.
+    #[arg(long, value_name = "BYTES", env = "DREADLOCK_MAX_LINE_BYTES",
+          default_value_t = parser::DEFAULT_MAX_LINE_BYTES,
+          value_parser = ranged::<usize>(parser::MIN_MAX_LINE_BYTES as u64, MAX_LINE_BYTES))]
     max_line_bytes: usize,
 
     /// Bytes kept from a connection while its `lock` waits (its later
-    /// commands run after the lock resolves). Past this the daemon stops
-    /// reading that socket, so TCP pushes back on the client.
-    #[arg(long, value_name = "BYTES", default_value_t = core::DEFAULT_MAX_PENDING_BYTES)]
+    /// commands run after the lock resolves), 0 to 1073741824. Past this the
+    /// daemon stops reading that socket, so TCP pushes back on the client.
+    #[arg(long, value_name = "BYTES", env = "DREADLOCK_MAX_PENDING_BYTES",
+          default_value_t = core::DEFAULT_MAX_PENDING_BYTES,
+          value_parser = ranged::<usize>(0, MAX_BUFFER_BYTES))]
     max_pending_bytes: usize,
 
-    /// Keys one connection may hold at once; a `lock` beyond it is answered
-    /// `e too many locks` and changes nothing.
-    #[arg(long, value_name = "N", default_value_t = core::DEFAULT_MAX_LOCKS_PER_CONNECTION)]
+    /// Keys one connection may hold at once (1 to 16777216); a `lock`
+    /// beyond it is answered `e too many locks` and changes nothing.
+    #[arg(long, value_name = "N", env = "DREADLOCK_MAX_LOCKS_PER_CONNECTION",
+          default_value_t = core::DEFAULT_MAX_LOCKS_PER_CONNECTION,
+          value_parser = ranged::<usize>(1, MAX_LOCKS_PER_CONNECTION))]
     max_locks_per_connection: usize,
 
     /// Bytes all held keys may take together (each key counts its length
-    /// plus 64); a `lock` on a free key beyond it is answered
-    /// `e lock table full` and changes nothing.
-    #[arg(long, value_name = "BYTES", default_value_t = core::DEFAULT_MAX_KEY_BYTES)]
+    /// plus 64), 65 to 1099511627776; a `lock` on a free key beyond it is
+    /// answered `e lock table full` and changes nothing.
+    #[arg(long, value_name = "BYTES", env = "DREADLOCK_MAX_KEY_BYTES",
+          default_value_t = core::DEFAULT_MAX_KEY_BYTES,
+          value_parser = ranged::<usize>(KEY_OVERHEAD_BYTES as u64 + 1, MAX_KEY_BYTES))]
     max_key_bytes: usize,
 
-    /// Replies queued for a client that does not read them. Past this the
-    /// daemon stops reading that client's commands until it drains.
-    #[arg(long, value_name = "BYTES", default_value_t = reactor::DEFAULT_MAX_OUTPUT_BYTES)]
+    /// Replies queued for a client that does not read them (0 to
+    /// 1073741824). Past this the daemon stops reading that client's
+    /// commands until it drains; 0 reads the next commands only once every
+    /// reply is sent.
+    #[arg(long, value_name = "BYTES", env = "DREADLOCK_MAX_OUTPUT_BYTES",
+          default_value_t = reactor::DEFAULT_MAX_OUTPUT_BYTES,
+          value_parser = ranged::<usize>(0, MAX_BUFFER_BYTES))]
     max_output_bytes: usize,
 
-    /// Listen backlog (the kernel caps it at net.core.somaxconn).
-    #[arg(long, value_name = "N", default_value_t = reactor::DEFAULT_BACKLOG)]
+    /// Listen backlog, 1 to 2147483647 (the kernel caps it at
+    /// net.core.somaxconn).
+    #[arg(long, value_name = "N", env = "DREADLOCK_BACKLOG",
+          default_value_t = reactor::DEFAULT_BACKLOG,
+          value_parser = ranged::<u32>(1, i32::MAX as u64))]
     backlog: u32,
 
-    /// Seconds a connection may be idle before TCP keepalive probes start;
-    /// a peer that stops answering them (host down, cable cut: no FIN or RST)
-    /// is dropped and its locks released about 30 s later. 0 turns it off.
-    #[arg(long, value_name = "SECS", default_value_t = reactor::DEFAULT_KEEPALIVE.as_secs())]
+    /// Seconds a connection may be idle before TCP keepalive probes start
+    /// (1 to 32767, Linux's bound); a peer that stops answering them (host
+    /// down, cable cut: no FIN or RST) is dropped and its locks released
+    /// about 30 s later. 0 turns it off.
+    #[arg(long, value_name = "SECS", env = "DREADLOCK_KEEPALIVE",
+          default_value_t = reactor::DEFAULT_KEEPALIVE.as_secs(),
+          value_parser = ranged::<u64>(0, MAX_KEEPALIVE_SECS))]
     keepalive: u64,
 
     /// Microseconds to busy-poll for the next event before sleeping in
-    /// epoll, while that pays (request-reply clients, lock handoffs): it cuts
-    /// the wake-up latency of each round trip. Adaptive: after a spin that
-    /// finds nothing, spinning backs off to at most one wait in 64, so an
-    /// idle daemon uses no CPU. 0 turns it off.
-    #[arg(long, value_name = "USECS", default_value_t = reactor::DEFAULT_BUSY_POLL.as_micros() as u64)]
+    /// epoll (0 to 10000), while that pays (request-reply clients, lock
+    /// handoffs): it cuts the wake-up latency of each round trip. Adaptive:
+    /// after a spin that finds nothing, spinning backs off to at most one
+    /// wait in 64, so an idle daemon uses no CPU. 0 turns it off.
+    #[arg(long, value_name = "USECS", env = "DREADLOCK_BUSY_POLL_US",
+          default_value_t = reactor::DEFAULT_BUSY_POLL.as_micros() as u64,
+          value_parser = ranged::<u64>(0, MAX_BUSY_POLL_US))]
     busy_poll_us: u64,
 
     /// Log every connection and disconnection too.
-    #[arg(short, long, conflicts_with = "quiet")]
+    #[arg(short, long, env = "DREADLOCK_VERBOSE", conflicts_with = "quiet")]
     verbose: bool,
 
     /// Log errors only (no startup line, warnings or summary).
-    #[arg(short, long)]
+    #[arg(short, long, env = "DREADLOCK_QUIET")]
     quiet: bool,
 
     /// Serve the admin endpoint over HTTP on ADDR:PORT: `GET /metrics`
@@ -108,7 +136,8 @@ struct Args {
     /// the connection closed (a timer: other clients are served meanwhile).
     /// At least 50.
     #[arg(long, value_name = "MS", env = "DREADLOCK_AUTH_DELAY_MS",
-          default_value_t = core::DEFAULT_AUTH_DELAY_MS)]
+          default_value_t = core::DEFAULT_AUTH_DELAY_MS,
+          value_parser = ranged::<u64>(core::MIN_AUTH_DELAY_MS, MAX_AUTH_DELAY_MS))]
     auth_delay_ms: u64,
 
     /// Accept connections only from this network (IPv4 or IPv6 CIDR such as
@@ -123,6 +152,32 @@ struct Args {
         value_delimiter = ','
     )]
     allow: Vec<dreadlock::allow::Cidr>,
+}
+
+/// The flags' upper bounds: each far above any sane setting, and low enough
+/// that nothing overflows or fails later (a value past one is refused at
+/// start, naming the flag and its range).
+const MAX_CONNECTIONS: u64 = u32::MAX as u64;
+const MAX_LINE_BYTES: u64 = 1 << 20;
+/// Per-connection buffers (pending input, queued output): 1 GiB.
+const MAX_BUFFER_BYTES: u64 = 1 << 30;
+const MAX_LOCKS_PER_CONNECTION: u64 = 1 << 24;
+const MAX_KEY_BYTES: u64 = 1 << 40;
+/// Linux refuses a longer TCP_KEEPIDLE (MAX_TCP_KEEPIDLE).
+const MAX_KEEPALIVE_SECS: u64 = 32_767;
+/// A spin longer than this would be a busy loop, not a wake-up shortcut.
+const MAX_BUSY_POLL_US: u64 = 10_000;
+/// A wrong secret waits at most a minute for its answer: longer only keeps
+/// a hostile peer's connection slot busy.
+const MAX_AUTH_DELAY_MS: u64 = 60_000;
+
+/// A clap parser for an integer flag in `min..=max`.
+fn ranged<T>(min: u64, max: u64) -> clap::builder::RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    clap::builder::RangedU64ValueParser::<T>::new().range(min..=max)
 }
 
 const AFTER_HELP: &str = "\
@@ -148,8 +203,13 @@ Examples:
   dreadlock --allow 10.0.0.0/8 --auth-file /etc/dreadlock.secret
   printf 'lock a 100\\r\\n' | nc 127.0.0.1 6001
 
+Every flag can also be set in the environment (DREADLOCK_PORT, DREADLOCK_BIND,
+DREADLOCK_MAX_CONNECTIONS, ...: shown with each flag); a flag on the command
+line wins. A value out of its range is refused at start.
+
 Signals: SIGINT/SIGTERM stop the daemon with a one-line summary on stderr;
-SIGUSR1 logs a `stats` line.";
+SIGHUP is logged and ignored (there is nothing to reload); SIGUSR1 logs a
+`stats` line.";
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -171,10 +231,6 @@ fn run(args: Args, activated: std::io::Result<Option<std::net::TcpListener>>) ->
         Level::Info
     };
     let log = Log::new(level);
-    if args.max_line_bytes < 16 {
-        log.error(format_args!("--max-line-bytes must be at least 16"));
-        return ExitCode::from(2);
-    }
 
     // Raise the soft descriptor limit to the hard one: every connection is one.
     let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
@@ -204,13 +260,6 @@ fn run(args: Args, activated: std::io::Result<Option<std::net::TcpListener>>) ->
             return ExitCode::from(2);
         }
     };
-    if args.auth_delay_ms < core::MIN_AUTH_DELAY_MS {
-        log.error(format_args!(
-            "--auth-delay-ms must be at least {}",
-            core::MIN_AUTH_DELAY_MS
-        ));
-        return ExitCode::from(2);
-    }
     // Fencing tokens start at the wall clock's nanoseconds, so a restarted
     // daemon issues larger tokens than before (PROTOCOL.md rule V1).
     let token_seed = std::time::SystemTime::now()
@@ -239,10 +288,10 @@ fn run(args: Args, activated: std::io::Result<Option<std::net::TcpListener>>) ->
     // --bind are then the socket unit's business).
     let (bound, how) = match activated {
         Ok(Some(listener)) => (
-            Reactor::from_listener(listener, config, log, true),
+            Reactor::from_listener(listener, config, log),
             " (socket activation)",
         ),
-        Ok(None) => (Reactor::bind(addr, config, log, true), ""),
+        Ok(None) => (Reactor::bind(addr, config, log), ""),
         Err(e) => {
             Log::new(level).error(format_args!("cannot use the socket systemd passed: {e}"));
             return ExitCode::FAILURE;

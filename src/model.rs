@@ -1060,7 +1060,7 @@ impl CoreHarness {
         self.collect();
         self.model_expire();
         self.model_forget(ConnId(conn));
-        self.model_drain();
+        self.resume();
         self.pump();
         self.finish();
     }
@@ -1092,7 +1092,7 @@ impl CoreHarness {
         self.core.handle_timeout(self.now_us);
         self.collect();
         self.model_expire();
-        self.model_drain();
+        self.resume();
         self.pump();
         self.finish();
         // Never lost: nothing due is still pending, and the reactor is not
@@ -1139,16 +1139,28 @@ impl CoreHarness {
         let bytes = std::mem::take(&mut c.inbox);
         self.core.handle_bytes(ConnId(conn), &bytes, self.now_us);
         self.collect();
-        // The model: due timeouts and what they unblock first, then the input.
+        // The model: due timeouts first, then the input, unless the
+        // connection's wait just ended with commands buffered: then they
+        // resume first, the input after them.
         self.model_expire();
-        self.model_drain();
+        let resuming = self.resume.contains(&ConnId(conn)) && !self.conns[conn].buf.is_empty();
         let c = &mut self.conns[conn];
         if c.open && !matches!(c.auth, ModelAuth::Failing(..)) {
             c.buf.extend_from_slice(&bytes);
-            if c.wait.is_none() {
+            if c.wait.is_none() && !resuming {
                 self.model_run(ConnId(conn));
             }
         }
+        self.resume();
+    }
+
+    /// The reactor resuming every connection whose wait ended, each to the
+    /// end of its buffer in turn; then the model does the same.
+    fn resume(&mut self) {
+        while let Some(c) = self.core.poll_resumable() {
+            while self.core.handle_resume(c, usize::MAX, self.now_us) {}
+        }
+        self.collect();
         self.model_drain();
     }
 

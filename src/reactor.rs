@@ -1,33 +1,26 @@
 //! The only part that touches the world: a single-threaded, edge-triggered
-//! mio loop over a listener and a `Slab` of connections, feeding the
-//! sans-I/O [`Core`] and writing what it returns.
+//! mio loop over a listener and the connections' sockets, pumping events
+//! and bytes through the [`Driver`] (which owns the slab of connections and
+//! the sans-I/O [`Core`]).
 //!
 //! # One loop iteration
 //!
 //! ```text
-//! poll(timeout = next timer | 0 if connections are still readable | accept retry)
-//! now = clock()
-//! if a timer is due: core.handle_timeout(now), write its replies at once
-//! for each event: accept until WouldBlock | read (bounded) into the shared
-//!                 scratch buffer and feed the core | write pending output
-//! revisit connections left readable by the fairness budget (round robin)
-//! core.handle_timeout(now)                        // timers, every iteration
-//! drain core outputs into per-connection buffers
-//! one write per connection that got output; WRITABLE only while it backs up
-//! close connections marked dead (after the batch, so tokens are not reused
-//! while stale events for them may still be in hand)
+//! poll(timeout = next timer | 0 if a connection can take a turn | accept retry)
+//! if a timer is due: driver.handle_timeout(), write its replies at once
+//! for each event: accept until WouldBlock | driver.handle_ready(event)
+//! driver.run_ready()            // one budgeted turn per connection, round robin
+//! driver.handle_timeout()       // timers, every iteration
+//! driver.flush()                // one write per connection that got output
+//! apply WRITABLE interest changes (a failed one closes the connection)
+//! driver.reap()                 // after the batch: no token reused while
+//!                               // stale events for it may be in hand
 //! ```
 //!
-//! # Backpressure and fairness
-//!
-//! A connection is read only while the core wants its input (its `lock` is
-//! not waiting behind a full pending buffer) and its queued output is below
-//! `max_output_bytes`; otherwise its socket is left unread and TCP pushes back
-//! on the client. Each connection reads at most one scratch buffer per
-//! iteration; a connection that may have more is put on the `ready` list and
-//! served again after everyone else's events, so one client with endless
-//! pipelined input cannot starve the others. Paused connections still get
-//! read-closed/hang-up events, so a peer that goes away is noticed at once.
+//! What to read, when to stop, what to write and how to close are decided by
+//! the [`Driver`] in `conn.rs`, plain state that a
+//! simulation drives too; this file only moves events and bytes between it
+//! and the operating system.
 //!
 //! # Descriptors
 //!
@@ -36,23 +29,17 @@
 //! wait in the kernel's backlog) and tries again when a connection closes or
 //! after `ACCEPT_RETRY`, whichever comes first: no busy loop.
 
-use std::collections::VecDeque;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
-use slab::Slab;
+use mio::{Events, Interest, Poll, Token};
 
 use crate::admin::AdminServer;
-use crate::core::{Core, Output};
-use crate::lock_table::ConnId;
+use crate::conn::{Driver, Policy, Readiness};
+use crate::core::Core;
 use crate::log::Log;
-
-/// Bytes read from one connection per loop iteration; also the size of the
-/// shared scratch buffer (a connection keeps no read buffer of its own).
-pub const READ_CHUNK: usize = 64 * 1024;
 
 /// Default bound on replies queued for a client that does not read them.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -81,7 +68,10 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 const EVENTS_CAPACITY: usize = 1024;
 
 const LISTENER: Token = Token(usize::MAX - 1);
-const WAKER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
+const TIMER: Token = Token(usize::MAX - 4);
+/// First of the admin endpoint's `admin::TOKENS` tokens.
+const ADMIN: usize = usize::MAX - 5 - crate::admin::TOKENS;
 
 /// The reactor's own limits (the core's are in `core::Config`).
 #[derive(Clone, Debug)]
@@ -117,45 +107,6 @@ impl Default for Config {
     }
 }
 
-struct Connection {
-    stream: TcpStream,
-    peer: SocketAddr,
-    /// Replies not yet written; `out[out_pos..]` is what remains.
-    out: Vec<u8>,
-    out_pos: usize,
-    /// Edge-triggered: set by a readable event, cleared once a read shows
-    /// the socket is drained. While set and the connection is paused, its
-    /// data waits in the kernel.
-    readable: bool,
-    /// The peer closed its side or the socket errored.
-    read_closed: bool,
-    /// WRITABLE interest is registered (only while output backs up).
-    want_write: bool,
-    /// On the `ready` list already.
-    queued: bool,
-    /// Got output this iteration and needs a write.
-    dirty: bool,
-    /// To be closed at the end of this iteration.
-    dead: bool,
-}
-
-impl Connection {
-    fn out_len(&self) -> usize {
-        self.out.len() - self.out_pos
-    }
-}
-
-/// Handle to stop a running reactor from another thread (tests).
-#[derive(Clone)]
-pub struct Stopper(std::sync::Arc<(Waker, std::sync::atomic::AtomicBool)>);
-
-impl Stopper {
-    pub fn stop(&self) {
-        self.0.1.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = self.0.0.wake();
-    }
-}
-
 /// Totals for the shutdown summary.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Summary {
@@ -169,59 +120,49 @@ pub struct Reactor {
     poll: Poll,
     listener: TcpListener,
     local_addr: SocketAddr,
-    conns: Slab<Connection>,
-    core: Core,
+    driver: Driver<TcpStream>,
     config: Config,
-    scratch: Box<[u8]>,
-    /// Connections that may still have unread input (round robin).
-    ready: VecDeque<usize>,
-    /// Connections that got output this iteration.
-    dirty: Vec<usize>,
-    /// Connections to close at the end of this iteration.
-    dead: Vec<usize>,
     /// Accepting is paused (cap or descriptors exhausted) until this time,
     /// or until a connection closes.
     accept_paused: Option<Instant>,
     start: Instant,
-    stopper: Stopper,
-    signals: Option<signal_hook_mio::v1_0::Signals>,
-    /// A timerfd armed for the core's next wake-up, with the time (µs) it is
-    /// armed for. epoll_wait's timeout has whole-millisecond resolution and
+    signals: signal_hook_mio::v1_0::Signals,
+    /// A timerfd armed for the next wake-up, with the time (µs) it is armed
+    /// for. epoll_wait's timeout has whole-millisecond resolution and
     /// rounds up, which would add up to a millisecond to every timeout; the
     /// timerfd wakes the loop within microseconds of the deadline. `None`
     /// (timerfd unavailable) falls back to the poll timeout.
     timer_fd: Option<std::os::fd::OwnedFd>,
     timer_armed: Option<u64>,
     spin: Spin,
-    log: Log,
     summary: Summary,
     /// The admin endpoint (`--metrics`), if enabled; its tokens start at
     /// `ADMIN`.
     admin: Option<AdminServer>,
 }
 
-const SIGNALS: Token = Token(usize::MAX - 3);
-const TIMER: Token = Token(usize::MAX - 4);
-/// First of the admin endpoint's `admin::TOKENS` tokens.
-const ADMIN: usize = usize::MAX - 5 - crate::admin::TOKENS;
-
 impl Reactor {
-    /// Binds `addr` and prepares the loop. `signals`: whether SIGINT/SIGTERM
-    /// stop the loop (the daemon) or are left alone (tests).
-    pub fn bind(addr: SocketAddr, config: Config, log: Log, signals: bool) -> io::Result<Self> {
+    /// Binds `addr` and prepares the loop; SIGINT and SIGTERM will stop it,
+    /// SIGHUP is logged and ignored.
+    ///
+    /// # Errors
+    /// When the socket cannot be bound or the loop set up.
+    pub fn bind(addr: SocketAddr, config: Config, log: Log) -> io::Result<Self> {
         let listener = listen(addr, config.backlog, config.keepalive)?;
-        Self::from_listener(listener, config, log, signals)
+        Self::from_listener(listener, config, log)
     }
 
     /// Prepares the loop on a socket that is already bound (and usually
     /// listening), such as one passed by systemd's socket activation. It is
     /// made non-blocking and given the options accepted connections inherit;
     /// if it is not listening yet, it listens with `config.backlog`.
+    ///
+    /// # Errors
+    /// When the socket's options cannot be set or the loop set up.
     pub fn from_listener(
         listener: std::net::TcpListener,
         config: Config,
         log: Log,
-        signals: bool,
     ) -> io::Result<Self> {
         inherited_options(&listener, config.backlog, config.keepalive)?;
         let local_addr = listener.local_addr()?;
@@ -229,19 +170,14 @@ impl Reactor {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Waker::new(poll.registry(), WAKER)?;
-        let signals = if signals {
-            let mut s = signal_hook_mio::v1_0::Signals::new([
-                signal_hook::consts::SIGINT,
-                signal_hook::consts::SIGTERM,
-                signal_hook::consts::SIGUSR1,
-            ])?;
-            poll.registry()
-                .register(&mut s, SIGNALS, Interest::READABLE)?;
-            Some(s)
-        } else {
-            None
-        };
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
+            signal_hook::consts::SIGUSR1,
+        ])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let timer_fd = rustix::time::timerfd_create(
             rustix::time::TimerfdClockId::Monotonic,
             rustix::time::TimerfdFlags::NONBLOCK | rustix::time::TimerfdFlags::CLOEXEC,
@@ -256,28 +192,25 @@ impl Reactor {
         });
         let start = Instant::now();
         let spin = Spin::new(config.busy_poll);
+        let policy = Policy {
+            max_output_bytes: config.max_output_bytes,
+            read_budget: crate::conn::DEFAULT_READ_BUDGET.max(config.core.max_line_bytes),
+            ..Policy::default()
+        };
+        let clock =
+            Box::new(move || u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
         Ok(Reactor {
             poll,
             listener,
             local_addr,
-            conns: Slab::new(),
-            core: Core::new(config.core, 0),
+            driver: Driver::new(Core::new(config.core, 0), policy, log, clock),
             config,
-            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
-            ready: VecDeque::new(),
-            dirty: Vec::new(),
-            dead: Vec::new(),
             accept_paused: None,
             start,
-            stopper: Stopper(std::sync::Arc::new((
-                waker,
-                std::sync::atomic::AtomicBool::new(false),
-            ))),
             signals,
             timer_fd,
             timer_armed: None,
             spin,
-            log,
             summary: Summary::default(),
             admin: None,
         })
@@ -294,15 +227,16 @@ impl Reactor {
         Ok(())
     }
 
-    /// The counters, gauges and histograms `/metrics` and SIGUSR1 report.
+    /// The counters, gauges and histograms `/metrics` reports.
     pub fn snapshot(&self) -> crate::metrics::Snapshot {
-        let stats = self.core.stats();
+        let core = self.driver.core();
+        let stats = core.stats();
         crate::metrics::Snapshot {
             stats,
-            connections: self.core.connections() as u64,
-            keys: self.core.keys_held() as u64,
-            holders: self.core.holders() as u64,
-            waiters: self.core.waiters() as u64,
+            connections: core.connections() as u64,
+            keys: core.keys_held() as u64,
+            holders: core.holders() as u64,
+            waiters: core.waiters() as u64,
             accepted: stats.accepted,
             rejected: stats.rejected,
             log_lines_dropped: crate::log::lines_dropped(),
@@ -314,7 +248,7 @@ impl Reactor {
     /// admin endpoint.
     fn side_deadline(&self) -> Option<Instant> {
         let admin = self.admin.as_ref().and_then(AdminServer::next_deadline);
-        match (admin, self.log.poll_timeout()) {
+        match (admin, self.driver.log().poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -336,15 +270,14 @@ impl Reactor {
         self.local_addr
     }
 
-    pub fn stopper(&self) -> Stopper {
-        self.stopper.clone()
-    }
-
     fn now_us(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// Runs until stopped by a signal or the `Stopper`.
+    /// Runs until SIGINT or SIGTERM.
+    ///
+    /// # Errors
+    /// When `epoll_wait` fails.
     pub fn run(mut self) -> io::Result<Summary> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
@@ -355,19 +288,17 @@ impl Reactor {
                 }
                 return Err(e);
             }
-            let now_us = self.now_us();
             // Timeouts due now go out before this batch's reads are handled,
             // so a large batch cannot make them late.
-            if self.core.poll_timeout().is_some_and(|t| t <= now_us) {
-                self.core.handle_timeout(now_us);
-                self.drain_outputs();
-                self.flush();
+            let now_us = self.now_us();
+            if self.driver.poll_timeout().is_some_and(|t| t <= now_us) {
+                self.driver.handle_timeout();
+                self.driver.flush();
             }
             let mut stop = false;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
-                    WAKER => stop |= self.stopper.0.1.load(std::sync::atomic::Ordering::SeqCst),
                     SIGNALS => stop |= self.take_signals(),
                     TIMER => {
                         // Expired: consume the count; it is re-armed as needed.
@@ -383,54 +314,37 @@ impl Reactor {
                             self.admin = Some(admin);
                         }
                     }
-                    Token(c) => {
-                        let Some(conn) = self.conns.get_mut(c) else {
-                            continue;
-                        };
-                        if conn.dead {
-                            continue;
-                        }
-                        if event.is_read_closed() || event.is_error() {
-                            conn.read_closed = true;
-                        }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            conn.readable = true;
-                            self.read(c, now_us);
-                        }
-                        if event.is_writable() {
-                            self.write(c);
-                        }
-                    }
+                    Token(c) => self.driver.handle_ready(
+                        c,
+                        Readiness {
+                            readable: event.is_readable(),
+                            writable: event.is_writable(),
+                            read_closed: event.is_read_closed(),
+                            error: event.is_error(),
+                        },
+                    ),
                 }
             }
             if stop {
                 break;
             }
-            // Connections the fairness budget cut short, round robin.
-            for _ in 0..self.ready.len() {
-                let Some(c) = self.ready.pop_front() else {
-                    break;
-                };
-                if let Some(conn) = self.conns.get_mut(c) {
-                    conn.queued = false;
-                    if !conn.dead {
-                        self.read(c, now_us);
-                    }
-                }
-            }
+            self.driver.run_ready();
             if self.accept_paused.is_some_and(|t| Instant::now() >= t) {
                 self.accept();
             }
-            self.core.handle_timeout(self.now_us());
-            self.drain_outputs();
-            self.flush();
-            self.reap();
+            self.driver.handle_timeout();
+            self.driver.flush();
+            self.apply_interest();
+            if self.driver.reap() > 0 && self.accept_paused.is_some() {
+                // A descriptor and a slot just freed up.
+                self.accept_paused = Some(Instant::now());
+            }
             // The log's and the admin endpoint's deadlines; the clock is
             // read only while one is pending.
             if let Some(due) = self.side_deadline() {
                 let now = Instant::now();
                 if due <= now {
-                    self.log.handle_timeout(now);
+                    self.driver.log_mut().handle_timeout(now);
                     if let Some(mut admin) = self.admin.take() {
                         admin.handle_timeout(self.poll.registry(), now, &|| self.metrics_text());
                         self.admin = Some(admin);
@@ -438,9 +352,31 @@ impl Reactor {
                 }
             }
         }
-        self.summary.core = self.core.stats();
+        self.summary.core = self.driver.core().stats();
         self.summary.uptime = self.start.elapsed();
         Ok(self.summary)
+    }
+
+    /// Registers WRITABLE interest exactly while output backs up. A failed
+    /// registration would leave the connection unserved forever, so it is
+    /// closed instead.
+    fn apply_interest(&mut self) {
+        while let Some((c, writable)) = self.driver.poll_interest() {
+            let interest = if writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let Some(sock) = self.driver.socket_mut(c) else {
+                continue;
+            };
+            if let Err(e) = self.poll.registry().reregister(sock, Token(c), interest) {
+                self.driver.log_mut().warn_limited(format_args!(
+                    "cannot reregister a connection: {e}; closing it"
+                ));
+                self.driver.handle_register_failed(c);
+            }
+        }
     }
 
     /// `poll`, but first busy-poll for up to the spin budget when the
@@ -471,41 +407,45 @@ impl Reactor {
     }
 
     fn take_signals(&mut self) -> bool {
-        let Some(signals) = self.signals.as_mut() else {
-            return false;
-        };
         let mut stop = false;
-        let pending: Vec<i32> = signals.pending().collect();
+        let pending: Vec<i32> = self.signals.pending().collect();
         for sig in pending {
             if sig == signal_hook::consts::SIGUSR1 {
-                let line = self.core.stats_line();
+                let line = self.driver.core().stats_line();
                 let fields = line
                     .strip_prefix(crate::wire::STATS_PREFIX)
                     .and_then(|l| l.strip_suffix(crate::wire::CRLF))
                     .unwrap_or(&line);
-                self.log
-                    .info(format_args!("stats {}", String::from_utf8_lossy(fields)));
+                let fields = String::from_utf8_lossy(fields).into_owned();
+                self.driver.log_mut().info(format_args!("stats {fields}"));
                 continue;
             }
-            self.log.info(format_args!(
-                "received {}, shutting down",
-                if sig == signal_hook::consts::SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
+            let log = self.driver.log_mut();
+            match sig {
+                signal_hook::consts::SIGHUP => {
+                    // logrotate and friends: there is nothing to reload, and
+                    // dying would release every lock.
+                    log.info(format_args!("received SIGHUP; ignored (nothing to reload)"));
                 }
-            ));
-            stop = true;
+                signal_hook::consts::SIGINT => {
+                    log.info(format_args!("received SIGINT, shutting down"));
+                    stop = true;
+                }
+                _ => {
+                    log.info(format_args!("received SIGTERM, shutting down"));
+                    stop = true;
+                }
+            }
         }
         stop
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if self.driver.has_ready() {
             return Some(Duration::ZERO);
         }
         let now_us = self.now_us();
-        let next_us = self.core.poll_timeout();
+        let next_us = self.driver.poll_timeout();
         let timer = if self.arm_timer(next_us, now_us) {
             None
         } else {
@@ -555,7 +495,7 @@ impl Reactor {
                 true
             }
             Err(e) => {
-                self.log.error(format_args!(
+                self.driver.log_mut().error(format_args!(
                     "timerfd_settime failed ({e}); using poll timeouts"
                 ));
                 self.timer_fd = None;
@@ -567,10 +507,10 @@ impl Reactor {
     fn accept(&mut self) {
         self.accept_paused = None;
         loop {
-            if self.conns.len() >= self.config.max_connections {
-                // Resumed when a connection closes (see `reap`).
+            if self.driver.len() >= self.config.max_connections {
+                // Resumed when a connection closes (see `run`).
                 self.accept_paused = Some(Instant::now() + Duration::from_secs(3600));
-                self.log.debug(format_args!(
+                self.driver.log_mut().debug(format_args!(
                     "at the connection cap ({}); pausing accept",
                     self.config.max_connections
                 ));
@@ -578,8 +518,9 @@ impl Reactor {
             }
             match self.listener.accept() {
                 Ok((_, peer)) if !self.config.allow.allows(peer.ip()) => {
-                    self.core.note_rejected();
-                    self.log
+                    self.driver.note_rejected();
+                    self.driver
+                        .log_mut()
                         .debug(format_args!("rejected {peer} (not in --allow)"));
                 }
                 Ok((stream, peer)) => self.add(stream, peer),
@@ -589,9 +530,9 @@ impl Reactor {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of resources.
                     // Connections wait in the backlog; retry on a close or
                     // after ACCEPT_RETRY, never in a busy loop.
-                    self.log.warn_limited(format_args!(
-                        "accept failed: {e} ({} connections open); pausing accept",
-                        self.conns.len()
+                    let open = self.driver.len();
+                    self.driver.log_mut().warn_limited(format_args!(
+                        "accept failed: {e} ({open} connections open); pausing accept"
                     ));
                     self.accept_paused = Some(Instant::now() + ACCEPT_RETRY);
                     return;
@@ -603,217 +544,24 @@ impl Reactor {
     fn add(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         // TCP_NODELAY and keepalive are inherited from the listener (Linux
         // copies socket options to accepted sockets): no syscalls here.
-        let entry = self.conns.vacant_entry();
-        let c = entry.key();
+        let c = self.driver.vacant_key();
         if let Err(e) = self
             .poll
             .registry()
             .register(&mut stream, Token(c), Interest::READABLE)
         {
-            self.log
+            self.driver
+                .log_mut()
                 .warn_limited(format_args!("cannot register connection from {peer}: {e}"));
             return;
         }
-        entry.insert(Connection {
-            stream,
-            peer,
-            out: Vec::new(),
-            out_pos: 0,
-            readable: false,
-            read_closed: false,
-            want_write: false,
-            queued: false,
-            dirty: false,
-            dead: false,
-        });
-        self.core.handle_open(ConnId(c), Some(peer));
+        let opened = self.driver.open(stream, peer);
+        debug_assert_eq!(opened, c);
         self.summary.accepted += 1;
-        self.summary.peak_connections = self.summary.peak_connections.max(self.conns.len());
-        self.log.debug(format_args!("connection from {peer}"));
-    }
-
-    /// Reads what the budget and backpressure allow from connection `c`.
-    fn read(&mut self, c: usize, now_us: u64) {
-        let conn = &mut self.conns[c];
-        let paused =
-            !self.core.wants_input(ConnId(c)) || conn.out_len() >= self.config.max_output_bytes;
-        if paused {
-            if conn.read_closed {
-                // The peer left while we were not reading: it is gone.
-                self.kill(c, now_us);
-            }
-            return;
-        }
-        if !conn.readable {
-            return;
-        }
-        match conn.stream.read(&mut self.scratch) {
-            Ok(0) => self.kill(c, now_us),
-            Ok(n) => {
-                // Read the clock after the data arrived, not at the start of
-                // the iteration: deadlines count from no earlier than arrival.
-                let now_us = now_us.max(self.now_us());
-                self.core
-                    .handle_bytes(ConnId(c), &self.scratch[..n], now_us);
-                self.drain_outputs();
-                let conn = &mut self.conns[c];
-                if conn.dead {
-                    return;
-                }
-                if n < self.scratch.len() {
-                    // Edge-triggered: a short read drained the socket; new
-                    // data brings a new event. A FIN seen with this event
-                    // means no more data will come.
-                    conn.readable = false;
-                    if conn.read_closed {
-                        self.kill(c, now_us);
-                    }
-                } else if !conn.queued {
-                    conn.queued = true;
-                    self.ready.push_back(c);
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                conn.readable = false;
-                if conn.read_closed {
-                    self.kill(c, now_us);
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {
-                if !conn.queued {
-                    conn.queued = true;
-                    self.ready.push_back(c);
-                }
-            }
-            Err(e) => {
-                self.log
-                    .debug(format_args!("read from {} failed: {e}", conn.peer));
-                self.kill(c, now_us);
-            }
-        }
-    }
-
-    /// The peer is gone: release its locks now, close at the end of the batch.
-    fn kill(&mut self, c: usize, now_us: u64) {
-        let conn = &mut self.conns[c];
-        if conn.dead {
-            return;
-        }
-        conn.dead = true;
-        self.dead.push(c);
-        self.log.debug(format_args!("{} disconnected", conn.peer));
-        self.core.handle_closed(ConnId(c), now_us);
-        self.drain_outputs();
-    }
-
-    fn drain_outputs(&mut self) {
-        while let Some(out) = self.core.poll_output() {
-            match out {
-                Output::Reply(ConnId(c), reply) => {
-                    let conn = &mut self.conns[c];
-                    reply.encode(&mut conn.out);
-                    if !conn.dirty {
-                        conn.dirty = true;
-                        self.dirty.push(c);
-                    }
-                }
-                Output::Close(ConnId(c), err) => {
-                    let conn = &mut self.conns[c];
-                    self.log.warn_limited(format_args!(
-                        "{} from client {}: {err}; dropping connection",
-                        err.label(),
-                        conn.peer
-                    ));
-                    conn.dead = true;
-                    self.dead.push(c);
-                    if !conn.dirty {
-                        conn.dirty = true;
-                        self.dirty.push(c);
-                    }
-                }
-            }
-        }
-    }
-
-    /// One write per connection that got output in this iteration.
-    fn flush(&mut self) {
-        for i in 0..self.dirty.len() {
-            let c = self.dirty[i];
-            if let Some(conn) = self.conns.get_mut(c) {
-                conn.dirty = false;
-                self.write(c);
-            }
-        }
-        self.dirty.clear();
-    }
-
-    fn write(&mut self, c: usize) {
-        let conn = &mut self.conns[c];
-        while conn.out_len() > 0 {
-            match conn.stream.write(&conn.out[conn.out_pos..]) {
-                Ok(n) => conn.out_pos += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    // Reset or broken pipe: the read side will report it; stop
-                    // queueing output for it.
-                    conn.out.clear();
-                    conn.out_pos = 0;
-                    if !conn.dead {
-                        conn.read_closed = true;
-                        conn.readable = true;
-                        if !conn.queued {
-                            conn.queued = true;
-                            self.ready.push_back(c);
-                        }
-                    }
-                    break;
-                }
-            }
-        }
-        let backed_up = conn.out_len() > 0;
-        if !backed_up {
-            conn.out.clear();
-            conn.out_pos = 0;
-            if conn.out.capacity() > 4096 {
-                conn.out = Vec::new();
-            }
-        }
-        if backed_up != conn.want_write && !conn.dead {
-            conn.want_write = backed_up;
-            let interest = if backed_up {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let _ = self
-                .poll
-                .registry()
-                .reregister(&mut conn.stream, Token(c), interest);
-        }
-        // Output drained below the bound: reading may resume.
-        if !backed_up && conn.readable && !conn.queued && !conn.dead {
-            conn.queued = true;
-            self.ready.push_back(c);
-        }
-    }
-
-    /// Closes connections marked dead in this iteration.
-    fn reap(&mut self) {
-        if self.dead.is_empty() {
-            return;
-        }
-        for c in self.dead.drain(..) {
-            if self.conns.contains(c) {
-                let conn = self.conns.remove(c);
-                // Dropping the stream closes it and removes it from epoll.
-                drop(conn);
-            }
-        }
-        if self.accept_paused.is_some() {
-            // A descriptor and a slot just freed up.
-            self.accept_paused = Some(Instant::now());
-        }
+        self.summary.peak_connections = self.summary.peak_connections.max(self.driver.len());
+        self.driver
+            .log_mut()
+            .debug(format_args!("connection from {peer}"));
     }
 }
 

@@ -55,8 +55,9 @@ fn reset_holder_hands_its_keys_to_waiters_with_pipelined_commands() {
     w1.send("lock r1 60000\r\nlock after1 0\r\nunlock r1\r\n");
     let mut w2 = d.connect();
     w2.send("lock r2 60000\r\nunlock r2\r\nlock r1 60000\r\n");
-    w1.expect_silence(SHORT);
-    w2.expect_silence(Duration::from_millis(10));
+    d.sync();
+    w1.expect_nothing_yet();
+    w2.expect_nothing_yet();
     holder.reset();
     let took = timed_expect(&mut w1, "l locked\r\nl locked\r\nu unlocked\r\n");
     assert!(took < PROMPTLY, "w1 granted after {took:?}");
@@ -74,9 +75,10 @@ fn reset_waiter_with_pipelined_commands_is_withdrawn() {
     gone.send("lock q 60000\r\nlock free 0\r\nlock q2 0\r\n");
     let mut next = d.connect();
     next.send("lock q 60000\r\n");
-    next.expect_silence(SHORT);
+    d.sync();
+    next.expect_nothing_yet();
     gone.reset();
-    std::thread::sleep(Duration::from_millis(50));
+    d.sync();
     holder.call("unlock q\r\n", "u unlocked\r\n");
     // Straight to the live waiter behind the dead one.
     let took = timed_expect(&mut next, "l locked\r\n");
@@ -105,7 +107,7 @@ fn reset_storm_leaves_nothing_behind() {
             };
             c.send(cmd);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        d.sync();
         for c in clients {
             if rng.chance(1, 2) {
                 c.reset();
@@ -150,7 +152,8 @@ fn half_closed_waiter_is_withdrawn() {
     half.expect("l locked\r\n");
     let mut next = d.connect();
     next.send("lock h 60000\r\n");
-    next.expect_silence(SHORT);
+    d.sync();
+    next.expect_nothing_yet();
     half.shutdown_write();
     half.expect_closed();
     holder.call("unlock h\r\n", "u unlocked\r\n");
@@ -186,11 +189,12 @@ fn paused_waiter_that_goes_away_is_noticed() {
     next.send("lock p 60000\r\n");
     let mut next2 = d.connect();
     next2.send("lock p2 60000\r\n");
-    next.expect_silence(SHORT);
+    d.sync();
+    next.expect_nothing_yet();
     resetter.reset();
     closer.shutdown_write();
     closer.expect_closed();
-    std::thread::sleep(Duration::from_millis(50));
+    d.sync();
     holder.call("unlock p\r\nunlock p2\r\n", "u unlocked\r\nu unlocked\r\n");
     assert!(timed_expect(&mut next, "l locked\r\n") < PROMPTLY);
     assert!(timed_expect(&mut next2, "l locked\r\n") < PROMPTLY);
@@ -280,7 +284,8 @@ fn never_reading_holder_blocks_only_its_key() {
     for i in 0..50 {
         still_serving(d.addr, &format!("h{i}"));
     }
-    waiter.expect_silence(SHORT);
+    d.sync();
+    waiter.expect_nothing_yet();
     hog.reset();
     assert!(timed_expect(&mut waiter, "l locked\r\n") < PROMPTLY);
     still_serving(d.addr, "4");
@@ -296,7 +301,7 @@ fn start_limited(nofile: u32, args: &[&str]) -> Daemon {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
-        .arg(env!("CARGO_BIN_EXE_dreadlock"))
+        .arg(common::daemon_bin())
         .args(["0", "--bind", "127.0.0.1"])
         .args(args);
     Daemon::spawn(cmd)

@@ -15,6 +15,17 @@ pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    /// Collects stderr until the daemon exits (its end of the pipe closes).
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The daemon binary under test: this build's, or the one named by
+/// `DREADLOCK_TEST_BIN` (to check that a regression test fails against an
+/// older build).
+pub fn daemon_bin() -> std::path::PathBuf {
+    std::env::var_os("DREADLOCK_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_dreadlock").into())
 }
 
 impl Daemon {
@@ -24,7 +35,7 @@ impl Daemon {
 
     /// Starts the daemon with extra flags; waits for its "listening on" line.
     pub fn start_with(args: &[&str]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dreadlock"));
+        let mut cmd = Command::new(daemon_bin());
         cmd.args(["0", "--bind", "127.0.0.1"]).args(args);
         Daemon::spawn(cmd)
     }
@@ -59,7 +70,7 @@ impl Daemon {
             )
         });
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 let mut s = sink.lock().unwrap();
                 s.push_str(&line);
@@ -70,6 +81,7 @@ impl Daemon {
             child,
             addr,
             stderr,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
@@ -87,6 +99,38 @@ impl Daemon {
 
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// A barrier: one round trip on a fresh connection. Loopback delivers
+    /// a write at once, and the daemon handles every socket that was ready
+    /// in one batch before it reads the next; so when this returns, it has
+    /// handled what other connections sent (or how they closed) before the
+    /// call, as far as one read each takes.
+    pub fn sync(&self) {
+        let mut c = self.connect();
+        c.call("lock dreadlocksync 0\r\n", "l locked\r\n");
+    }
+
+    /// Sends signal `sig` (a name such as "HUP") to the daemon.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// The daemon's resident memory (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/<pid>/status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kb * 1024
     }
 
     pub fn pid(&self) -> u32 {
@@ -128,7 +172,11 @@ impl Daemon {
             assert!(Instant::now() < end, "daemon ignored SIGTERM");
             std::thread::sleep(Duration::from_millis(10));
         };
-        std::thread::sleep(Duration::from_millis(50));
+        // The daemon has exited, so its stderr is closed: the reader ends
+        // once it has collected the last line.
+        if let Some(reader) = self.stderr_reader.take() {
+            reader.join().expect("stderr reader");
+        }
         (status, self.stderr())
     }
 }
@@ -150,6 +198,39 @@ impl Client {
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(PROMPT)).unwrap();
         Client { stream }
+    }
+
+    /// Connects with a small receive buffer (`SO_RCVBUF`, set before the
+    /// handshake so the window stays small): the daemon's replies back up
+    /// as soon as the client reads slowly.
+    pub fn connect_with_rcvbuf(addr: SocketAddr, bytes: usize) -> Client {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(bytes).unwrap();
+        sock.connect_timeout(&addr.into(), PROMPT).expect("connect");
+        let stream: TcpStream = sock.into();
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(PROMPT)).unwrap();
+        Client { stream }
+    }
+
+    /// Asserts nothing has arrived (a non-blocking check, no waiting):
+    /// after [`Daemon::sync`], what the daemon would have sent is here.
+    pub fn expect_nothing_yet(&mut self) -> &mut Self {
+        self.stream.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let r = self.stream.read(&mut buf);
+        self.stream.set_nonblocking(false).unwrap();
+        match r {
+            Ok(0) => panic!("connection closed, expected nothing yet"),
+            Ok(n) => panic!(
+                "expected nothing yet, got {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("expected nothing yet, got error {e}"),
+        }
+        self
     }
 
     pub fn send(&mut self, bytes: impl AsRef<[u8]>) -> &mut Self {

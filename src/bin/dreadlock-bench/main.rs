@@ -13,7 +13,7 @@
 //!
 //! ```text
 //! main.rs       CLI, watchdog, printing
-//! scenarios.rs  throughput, contended, timeouts, connections
+//! scenarios.rs  throughput (and flood + probe), contended, timeouts, connections
 //! net.rs        connections, both protocols, batched non-blocking connect
 //! hist.rs       log-bucket latency histogram
 //! procfs.rs     the server's CPU time and RSS from /proc/PID
@@ -103,6 +103,18 @@ enum Scenario {
         #[arg(short = 'p', long, default_value_t = 1)]
         pipeline: usize,
     },
+    /// C connections pipelining P lock/unlock pairs per round as fast as
+    /// they can, and one probe connection doing single lock+unlock round
+    /// trips meanwhile: the flood's pairs/s and the probe's latency (how
+    /// fairly the server serves a light client beside heavy ones).
+    Flood {
+        /// Flooding connections.
+        #[arg(short = 'c', long, default_value_t = 50)]
+        connections: usize,
+        /// Lock/unlock pairs written per round by each flooder.
+        #[arg(short = 'p', long, default_value_t = 4096)]
+        pipeline: usize,
+    },
     /// C connections on K keys, each looping lock -> unlock: handoffs/s,
     /// grant latency, mutual-exclusion violations (Redis: SET NX retried
     /// at once until granted).
@@ -150,6 +162,7 @@ const AFTER_HELP: &str = "\
 Examples:
   dreadlock-bench --addr 127.0.0.1:6001 throughput -c 50 -p 32 --duration 5
   dreadlock-bench --addr 127.0.0.1:6379 --redis throughput -c 50
+  dreadlock-bench flood -c 50 -p 4096 --duration 5
   dreadlock-bench contended -c 100 -k 1 --pid $(pidof dreadlock)
   dreadlock-bench timeouts -n 2000 --timeout-ms 250
   dreadlock-bench connections -n 19000 --pid $(pidof dreadlock) --json";
@@ -211,6 +224,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Scenario::Throughput { connections, .. } | Scenario::Contended { connections, .. } => {
             *connections as u64
         }
+        Scenario::Flood { connections, .. } => *connections as u64 + 1,
         Scenario::Timeouts { waiters, .. } => *waiters as u64 + 1,
         Scenario::Connections { connections, .. } => *connections as u64,
     } + 16;
@@ -267,7 +281,20 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             (
                 "throughput",
                 format!("{connections} connections x {pipeline} pipelined pairs"),
-                scenarios::throughput(&ctx, connections, pipeline)?,
+                scenarios::throughput(&ctx, connections, pipeline, false)?,
+            )
+        }
+        Scenario::Flood {
+            connections,
+            pipeline,
+        } => {
+            if connections == 0 || pipeline == 0 {
+                return Err("-c and -p must be at least 1".into());
+            }
+            (
+                "flood",
+                format!("{connections} connections x {pipeline} pipelined pairs + 1 probe"),
+                scenarios::throughput(&ctx, connections, pipeline, true)?,
             )
         }
         Scenario::Contended { connections, keys } => {

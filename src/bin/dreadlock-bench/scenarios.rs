@@ -93,6 +93,8 @@ struct TpSlot {
     conn: Conn,
     /// One round: P x (lock + unlock).
     round: Vec<u8>,
+    /// P.
+    pairs_per_round: usize,
     /// Replies still due for the round in flight (0: none in flight).
     left: usize,
     next_is_lock: bool,
@@ -101,10 +103,14 @@ struct TpSlot {
 }
 
 /// `c` connections, each on its own key, `p` lock/unlock pairs per round.
-pub fn throughput(ctx: &Ctx, c: usize, p: usize) -> Result<Outcome, String> {
+/// With `probe`, one more connection does single lock/unlock round trips
+/// meanwhile (the flood + probe scenario): its latency is reported on its
+/// own, and the throughput is the `c` connections' alone.
+pub fn throughput(ctx: &Ctx, c: usize, p: usize, probe: bool) -> Result<Outcome, String> {
     let mut out = Outcome::default();
     let mut poll = new_poll()?;
-    let Some(conns) = connect_all(ctx, &mut poll, c, &mut out) else {
+    let total = c + usize::from(probe);
+    let Some(conns) = connect_all(ctx, &mut poll, total, &mut out) else {
         return Ok(out);
     };
     let proto = ctx.proto;
@@ -115,13 +121,15 @@ pub fn throughput(ctx: &Ctx, c: usize, p: usize) -> Result<Outcome, String> {
         .map(|(i, conn)| {
             let key = format!("{}k{i}", ctx.key_prefix);
             let mut round = Vec::new();
-            for _ in 0..p {
+            let pairs_per_round = if i < c { p } else { 1 };
+            for _ in 0..pairs_per_round {
                 proto.lock(&mut round, &key, 0, lease);
                 proto.unlock(&mut round, &key);
             }
             TpSlot {
                 conn,
                 round,
+                pairs_per_round,
                 left: 0,
                 next_is_lock: true,
                 started: Instant::now(),
@@ -134,12 +142,13 @@ pub fn throughput(ctx: &Ctx, c: usize, p: usize) -> Result<Outcome, String> {
     let drain_deadline = end + ctx.grace;
     for s in &mut slots {
         s.started = Instant::now();
-        s.left = 2 * p;
+        s.left = 2 * s.pairs_per_round;
         s.next_is_lock = true;
         s.conn.send(poll.registry(), &s.round)?;
     }
-    let mut busy = c;
+    let mut busy = total;
     let mut lat = Histogram::new();
+    let mut probe_lat = Histogram::new();
     let mut meter = None;
     let mut cpu = None;
     let mut ended = false;
@@ -217,12 +226,13 @@ pub fn throughput(ctx: &Ctx, c: usize, p: usize) -> Result<Outcome, String> {
             if s.left == 0 && !replies.is_empty() {
                 let t = Instant::now();
                 if t >= t0 && t <= end {
-                    s.pairs += p as u64;
-                    lat.record(t.duration_since(s.started).as_nanos() as u64);
+                    s.pairs += s.pairs_per_round as u64;
+                    let h = if i < c { &mut lat } else { &mut probe_lat };
+                    h.record(t.duration_since(s.started).as_nanos() as u64);
                 }
                 if t < end {
                     s.started = t;
-                    s.left = 2 * p;
+                    s.left = 2 * s.pairs_per_round;
                     if let Err(e) = s.conn.send(poll.registry(), &s.round) {
                         out.fail(format!("connection {i}: {e}"));
                         return Ok(out);
@@ -234,6 +244,7 @@ pub fn throughput(ctx: &Ctx, c: usize, p: usize) -> Result<Outcome, String> {
         }
     }
     let secs = ctx.duration.as_secs_f64();
+    let probe_slot = slots.split_off(c);
     let pairs: u64 = slots.iter().map(|s| s.pairs).sum();
     let rate = pairs as f64 / secs;
     out.line(
@@ -246,6 +257,14 @@ pub fn throughput(ctx: &Ctx, c: usize, p: usize) -> Result<Outcome, String> {
         ),
     );
     out.line("round latency", human_latency(&lat));
+    if let Some(pr) = probe_slot.first() {
+        out.line(
+            "probe",
+            format!("{} round trips, {}", pr.pairs, human_latency(&probe_lat)),
+        );
+        out.field("probe_round_trips", Val::U(pr.pairs));
+        out.field("probe_latency", latency_json(&probe_lat));
+    }
     out.field("connections", Val::U(c as u64));
     out.field("pipeline", Val::U(p as u64));
     out.field("measured_s", Val::F(secs));
