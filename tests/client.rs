@@ -4,6 +4,8 @@
 
 mod common;
 mod fake;
+#[path = "common/probe.rs"]
+mod probe;
 
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
@@ -18,23 +20,12 @@ use dreadlock::client::{
     WAIT_FOREVER, pick_server,
 };
 use fake::Fake;
+use probe::is_free;
 
 const SHORT: Duration = Duration::from_millis(50);
 
 fn client(d: &Daemon) -> Client {
     Client::connect(&d.addr.to_string()).expect("connect")
-}
-
-/// Whether another connection could take `key` at once on `d` (and gives
-/// it back).
-fn is_free(d: &Daemon, key: &str) -> bool {
-    let mut probe = d.connect();
-    probe.send(format!("lock {key} 0\r\n"));
-    match probe.read_line().as_str() {
-        "l locked\r\n" => true,
-        "t timeout\r\n" => false,
-        other => panic!("unexpected reply {other:?}"),
-    }
 }
 
 #[test]
