@@ -12,7 +12,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use cli_harness::{
-    CLI, Scratch, cli, gone_within_prompt, kill, process_exists, read_pid, run, stderr, wait_within,
+    CLI, Scratch, cli, daemon_and_scratch, gone_within_prompt, kill, process_exists, read_pid, run,
+    stderr, wait_within,
 };
 use common::{Daemon, PROMPT};
 use probe::is_free;
@@ -124,9 +125,7 @@ fn command_sees_key_and_server_and_lock_is_held() {
 
 #[test]
 fn held_lock_gives_the_conflict_exit_code() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("conflict");
+    let (d, server, scratch) = daemon_and_scratch("conflict");
     let ran = scratch.path("ran");
     let mut holder = d.connect();
     holder.call("lock busy 0\r\n", "l locked\r\n");
@@ -186,9 +185,7 @@ fn command_that_cannot_run_releases_the_lock() {
 
 #[test]
 fn concurrent_runs_never_interleave() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("interleave");
+    let (_d, server, scratch) = daemon_and_scratch("interleave");
     let log = scratch.path("log");
     let script = format!("echo start >> {log}; sleep 0.05; echo end >> {log}");
     let runs = 6;
@@ -213,9 +210,7 @@ fn concurrent_runs_never_interleave() {
 
 #[test]
 fn lost_connection_stops_the_command() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("lost");
+    let (d, server, scratch) = daemon_and_scratch("lost");
     let pidfile = scratch.path("pid");
     // A grace longer than the wait below: only SIGTERM can stop it in time.
     let script = format!("echo $$ > {pidfile}; exec sleep 30");
@@ -230,9 +225,7 @@ fn lost_connection_stops_the_command() {
 
 #[test]
 fn lost_connection_kills_a_command_that_ignores_sigterm() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("grace");
+    let (d, server, scratch) = daemon_and_scratch("grace");
     let pidfile = scratch.path("pid");
     let script = format!("trap '' TERM; echo $$ > {pidfile}; exec sleep 30");
     let mut cli_run = lock_sh(&server, &["--kill-grace", "200"], &script);
@@ -245,9 +238,7 @@ fn lost_connection_kills_a_command_that_ignores_sigterm() {
 
 #[test]
 fn signals_are_forwarded_to_the_command() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("signals");
+    let (d, server, scratch) = daemon_and_scratch("signals");
     for (signal, number) in [("TERM", 15), ("INT", 2)] {
         let pidfile = scratch.path(signal);
         let mut cli_run =
@@ -360,9 +351,7 @@ fn lost_lock_stops_grandchildren() {
 /// re-parented to dreadlock-cli when its parent dies, and stopped too.
 #[test]
 fn lost_lock_stops_a_descendant_in_its_own_session() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("setsid");
+    let (d, server, scratch) = daemon_and_scratch("setsid");
     let (inner, pidfile) = (scratch.path("inner"), scratch.path("pid"));
     let script =
         format!("setsid sh -c 'echo $$ > {inner}; exec sleep 30' & echo $$ > {pidfile}; wait");
@@ -381,9 +370,7 @@ fn lost_lock_stops_a_descendant_in_its_own_session() {
 /// is released: dreadlock-cli reaped it, so it is gone when the CLI is.
 #[test]
 fn leftovers_are_stopped_before_the_lock_is_released() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("leftover");
+    let (d, server, scratch) = daemon_and_scratch("leftover");
     let pidfile = scratch.path("pid");
     let script = format!("sleep 30 & echo $! > {pidfile}; exit 4");
     let out = run(cli(&server).args(["lock", "k", "--", "sh", "-c", &script]));
@@ -406,9 +393,7 @@ fn leftovers_are_stopped_before_the_lock_is_released() {
 /// inherits it ignored.
 #[test]
 fn sighup_ignored_at_start_stays_ignored() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("nohup");
+    let (d, server, scratch) = daemon_and_scratch("nohup");
     let (pidfile, go) = (scratch.path("pid"), scratch.path("go"));
     let command = format!("echo $$ > {pidfile}; while [ ! -e {go} ]; do sleep 0.01; done");
     let mut cli_run = Command::new("sh")
@@ -433,9 +418,7 @@ fn sighup_ignored_at_start_stays_ignored() {
 /// group instead: dreadlock-cli exits with the command, nothing is left.
 #[test]
 fn deadly_signals_leave_no_orphan() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("deadly");
+    let (d, server, scratch) = daemon_and_scratch("deadly");
     for (signal, number) in [("USR1", 10), ("USR2", 12), ("ALRM", 14), ("PIPE", 13)] {
         let pidfile = scratch.path(signal);
         let script = format!("sleep 30 & echo $! > {pidfile}; wait");
@@ -457,9 +440,7 @@ fn deadly_signals_leave_no_orphan() {
 /// dreadlock-cli die and kills the group.
 #[test]
 fn sigkill_of_the_cli_leaves_no_orphan() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("sigkill");
+    let (d, server, scratch) = daemon_and_scratch("sigkill");
     let pidfile = scratch.path("pid");
     let script = format!("sh -c 'trap \"\" TERM; exec sleep 30' & echo $! > {pidfile}; wait");
     let mut cli_run = lock_sh(&server, &[], &script);
@@ -567,9 +548,7 @@ fn nonblock_and_shell_command() {
 /// dreadlock-cli is SIGKILLed afterwards.
 #[test]
 fn the_watchdog_survives_a_signal_to_the_group_at_once() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("early");
+    let (_d, server, scratch) = daemon_and_scratch("early");
     let pidfile = scratch.path("pid");
     for _ in 0..3 {
         let script = format!(

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cli_harness::{CLI, Scratch, wait_exit};
+use cli_harness::{CLI, Scratch, daemon_and_scratch, wait_exit};
 use common::{Daemon, PROMPT};
 use probe::is_free;
 use rustix::fs::OFlags;
@@ -126,9 +126,7 @@ fn is_held(d: &Daemon, key: &str) -> bool {
 /// see it once, not once from the terminal and again forwarded.
 #[test]
 fn one_ctrl_c_reaches_the_command_once() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let dir = Scratch::new("ctrlc");
+    let (_d, server, dir) = daemon_and_scratch("ctrlc");
     let mut pty = Pty::open();
     // Each signal the command sees appends a line: `wait` returns at once
     // for a trapped signal, so signals a moment apart make a line each.
@@ -168,9 +166,7 @@ fn one_ctrl_c_reaches_the_command_once() {
 /// and the terminal comes back to the shell afterwards.
 #[test]
 fn the_command_reads_the_terminal_and_gives_it_back() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let dir = Scratch::new("read");
+    let (_d, server, dir) = daemon_and_scratch("read");
     let mut pty = Pty::open();
     let script = r#""$CLI" --server "$1" lock k -- sh -c 'read x; echo "got $x" > "$DIR/out"'
         echo "cli $?" > "$DIR/after"
@@ -189,9 +185,7 @@ fn the_command_reads_the_terminal_and_gives_it_back() {
 /// job stopped, the lock stays held); `fg` resumes both, with the terminal.
 #[test]
 fn ctrl_z_and_fg() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let dir = Scratch::new("ctrlz");
+    let (d, server, dir) = daemon_and_scratch("ctrlz");
     let mut pty = Pty::open();
     let script = r#"set -m
         "$CLI" --server "$1" lock k -- sh -c 'echo $$ > "$DIR/pid"; read x; echo "got $x" > "$DIR/out"'
@@ -215,9 +209,7 @@ fn ctrl_z_and_fg() {
 /// running on a lost lock: its messages wait until the terminal is back.
 #[test]
 fn a_lost_lock_is_handled_under_stty_tostop() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let dir = Scratch::new("tostop");
+    let (d, server, dir) = daemon_and_scratch("tostop");
     let pty = Pty::open();
     let script = r#"set -m; stty tostop
         "$CLI" --server "$1" lock k -- sh -c 'echo $$ > "$DIR/pid"; exec sleep 30'

@@ -19,7 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cli_harness::{
-    Scratch, cli, finish, process_exists, read_pid, run, start, stderr, stdout, wait_file,
+    Scratch, cli, daemon_and_scratch, finish, process_exists, read_pid, run, start, stderr, stdout,
+    wait_file,
 };
 use common::{Daemon, PROMPT};
 use fake::{Fake, HANG_UP};
@@ -91,9 +92,7 @@ fn json_field<'a>(json: &'a str, field: &str) -> &'a str {
 /// lock and two commands wait for it, in both forms.
 #[test]
 fn status_shows_the_named_holder_and_two_waiters() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("status");
+    let (d, server, scratch) = daemon_and_scratch("status");
     let (started, go) = (scratch.path("started"), scratch.path("go"));
     let holder = start(cli(&server).args([
         "--name",
@@ -236,9 +235,7 @@ fn dreadlock_token_increases_across_successive_holders() {
 /// of them is done; a different limit on the held key is refused.
 #[test]
 fn limit_two_runs_two_at_once_and_the_third_waits() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("limit");
+    let (d, server, scratch) = daemon_and_scratch("limit");
     let (started, go) = (scratch.path("started"), scratch.path("go"));
     let (third, third_go) = (scratch.path("third"), scratch.path("third_go"));
     let two: Vec<Child> = ["a", "b"]
@@ -322,9 +319,7 @@ fn limit_two_runs_two_at_once_and_the_third_waits() {
 /// 70), and the next waiter's command starts.
 #[test]
 fn evict_closes_the_holder_and_the_next_waiter_runs() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("evict");
+    let (d, server, scratch) = daemon_and_scratch("evict");
     let (pidfile, marker) = (scratch.path("pid"), scratch.path("marker"));
     let holder = start(cli(&server).args([
         "lock",

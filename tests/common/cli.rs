@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::PROMPT;
+use crate::common::{Daemon, PROMPT};
 
 /// The `dreadlock-cli` binary of this build.
 pub const CLI: &str = env!("CARGO_BIN_EXE_dreadlock-cli");
@@ -143,6 +143,14 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A daemon, its address as the CLI's `--server`, and a scratch
+/// directory: what most CLI tests start with.
+pub fn daemon_and_scratch(name: &str) -> (Daemon, String, Scratch) {
+    let d = Daemon::start();
+    let server = d.addr.to_string();
+    (d, server, Scratch::new(name))
 }
 
 /// Waits until `file` exists with a complete last line; returns it.
