@@ -330,10 +330,7 @@ impl AsyncClient {
                 slot,
                 conn: Some(conn),
                 key: key.to_owned(),
-                token: match outcome {
-                    Outcome::Token(t) => Some(t),
-                    _ => None,
-                },
+                token: outcome.token(),
             }),
             Err(e) => {
                 self.shared.give_back(slot, conn);
@@ -349,10 +346,10 @@ impl AsyncClient {
     /// As [`Connection::info`](super::Connection::info).
     pub async fn info(&self, key: &str) -> Result<Info, Error> {
         let slot = self.shared.check_key(key)?;
-        match self.shared.call(slot, Command::Info { key }).await? {
-            Outcome::Info(info) => Ok(info),
-            _ => unreachable!("interpret gives info an Info"),
-        }
+        self.shared
+            .call(slot, Command::Info { key })
+            .await
+            .map(Outcome::into_info)
     }
 
     /// Closes every connection holding `key` on its server (`evict`,
@@ -363,10 +360,10 @@ impl AsyncClient {
     /// As [`Connection::evict`](super::Connection::evict).
     pub async fn evict(&self, key: &str) -> Result<u64, Error> {
         let slot = self.shared.check_key(key)?;
-        match self.shared.call(slot, Command::Evict { key }).await? {
-            Outcome::Evicted(n) => Ok(n),
-            _ => unreachable!("interpret gives evict a count"),
-        }
+        self.shared
+            .call(slot, Command::Evict { key })
+            .await
+            .map(Outcome::into_evicted)
     }
 
     /// The counters of every server (`stats`, protocol version 2), in the
@@ -375,11 +372,11 @@ impl AsyncClient {
     pub async fn stats(&self) -> Vec<(String, Result<Stats, Error>)> {
         let mut out = Vec::with_capacity(self.shared.slot_count());
         for slot in 0..self.shared.slot_count() {
-            let result = match self.shared.call(slot, Command::Stats).await {
-                Ok(Outcome::Stats(stats)) => Ok(stats),
-                Ok(_) => unreachable!("interpret gives stats a Stats"),
-                Err(e) => Err(e),
-            };
+            let result = self
+                .shared
+                .call(slot, Command::Stats)
+                .await
+                .map(Outcome::into_stats);
             out.push((self.shared.server(slot).to_owned(), result));
         }
         out

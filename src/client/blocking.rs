@@ -161,14 +161,12 @@ impl Connection {
         proto::validate_limit(limit)
             .map_err(|e| Error::new(ErrorKind::InvalidArgument(e), &self.server))?;
         let timeout_ms = proto::timeout_to_ms(timeout);
-        match self.call(Command::Acquire {
+        self.call(Command::Acquire {
             key,
             timeout_ms,
             limit,
-        })? {
-            Outcome::Token(t) => Ok(t),
-            _ => unreachable!("interpret gives acquire a token"),
-        }
+        })
+        .map(Outcome::into_token)
     }
 
     /// Sends `unlock <key>`.
@@ -192,10 +190,7 @@ impl Connection {
     /// protocol version 2 closes the connection).
     pub fn info(&mut self, key: &str) -> Result<Info, Error> {
         self.check_key(key)?;
-        match self.call(Command::Info { key })? {
-            Outcome::Info(info) => Ok(info),
-            _ => unreachable!("interpret gives info an Info"),
-        }
+        self.call(Command::Info { key }).map(Outcome::into_info)
     }
 
     /// Sends `stats` (protocol version 2): the daemon's counters.
@@ -206,10 +201,7 @@ impl Connection {
     /// the connection); [`ErrorKind::UnexpectedReply`] when a documented
     /// field is missing.
     pub fn stats(&mut self) -> Result<Stats, Error> {
-        match self.call(Command::Stats)? {
-            Outcome::Stats(stats) => Ok(stats),
-            _ => unreachable!("interpret gives stats a Stats"),
-        }
+        self.call(Command::Stats).map(Outcome::into_stats)
     }
 
     /// Sends `name <label>` (protocol version 2): labels this connection
@@ -252,10 +244,7 @@ impl Connection {
     /// comes from loopback; [`ErrorKind::InvalidKey`]; [`ErrorKind::Io`].
     pub fn evict(&mut self, key: &str) -> Result<u64, Error> {
         self.check_key(key)?;
-        match self.call(Command::Evict { key })? {
-            Outcome::Evicted(n) => Ok(n),
-            _ => unreachable!("interpret gives evict a count"),
-        }
+        self.call(Command::Evict { key }).map(Outcome::into_evicted)
     }
 
     /// Measures one round trip by unlocking [`PING_KEY`], which changes

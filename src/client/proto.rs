@@ -289,6 +289,50 @@ pub(crate) enum Outcome {
     Evicted(u64),
 }
 
+impl Outcome {
+    /// The fencing token of an `acquire` grant; `None` for a `lock` grant
+    /// (the original `l locked` reply carries none).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn token(&self) -> Option<u64> {
+        match self {
+            Outcome::Token(t) => Some(*t),
+            _ => None,
+        }
+    }
+
+    /// The outcome of `acquire`.
+    pub(crate) fn into_token(self) -> u64 {
+        match self {
+            Outcome::Token(t) => t,
+            _ => unreachable!("interpret gives acquire a token"),
+        }
+    }
+
+    /// The outcome of `info`.
+    pub(crate) fn into_info(self) -> Info {
+        match self {
+            Outcome::Info(info) => info,
+            _ => unreachable!("interpret gives info an Info"),
+        }
+    }
+
+    /// The outcome of `stats`.
+    pub(crate) fn into_stats(self) -> Stats {
+        match self {
+            Outcome::Stats(stats) => stats,
+            _ => unreachable!("interpret gives stats a Stats"),
+        }
+    }
+
+    /// The outcome of `evict`: how many connections it closed.
+    pub(crate) fn into_evicted(self) -> u64 {
+        match self {
+            Outcome::Evicted(n) => n,
+            _ => unreachable!("interpret gives evict a count"),
+        }
+    }
+}
+
 /// Why a command did not produce its outcome.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
