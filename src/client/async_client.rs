@@ -11,7 +11,7 @@ use ::tokio::net::TcpStream;
 use ::tokio::time::timeout;
 
 use super::options::set_keepalive;
-use super::pool::{Pool, Pooled};
+use super::pool::{Held, Pool, Pooled, held_elsewhere_is_none};
 use super::proto::{self, Command, Info, MAX_REPLY_BYTES, Outcome, Stats};
 use super::{Error, ErrorKind, Options};
 use crate::wire::ErrorReply;
@@ -188,10 +188,7 @@ pub struct AsyncClient {
 
 impl fmt::Debug for AsyncClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AsyncClient")
-            .field("servers", &self.servers().collect::<Vec<_>>())
-            .field("options", self.shared.options())
-            .finish()
+        self.shared.fmt_client("AsyncClient", f)
     }
 }
 
@@ -286,11 +283,7 @@ impl AsyncClient {
     ///
     /// As [`AsyncClient::lock`], except that a held lock is `Ok(None)`.
     pub async fn try_lock(&self, key: &str) -> Result<Option<AsyncLockGuard>, Error> {
-        match self.lock(key, Duration::ZERO).await {
-            Ok(guard) => Ok(Some(guard)),
-            Err(e) if e.is_timeout() => Ok(None),
-            Err(e) => Err(e),
-        }
+        held_elsewhere_is_none(self.lock(key, Duration::ZERO).await)
     }
 
     /// Takes one of the `limit` slots of semaphore `key` (1: the exclusive
@@ -324,19 +317,9 @@ impl AsyncClient {
         command: Command<'_>,
     ) -> Result<AsyncLockGuard, Error> {
         let mut conn = self.shared.take(slot).await?;
-        match conn.call(command).await {
-            Ok(outcome) => Ok(AsyncLockGuard {
-                shared: self.shared.clone(),
-                slot,
-                conn: Some(conn),
-                key: key.to_owned(),
-                token: outcome.token(),
-            }),
-            Err(e) => {
-                self.shared.give_back(slot, conn);
-                Err(e)
-            }
-        }
+        let granted = conn.call(command).await.map(|outcome| outcome.token());
+        let held = self.shared.grant(slot, key, conn, granted)?;
+        Ok(AsyncLockGuard { held })
     }
 
     /// The state of `key` on its server (`info`, protocol version 2).
@@ -392,40 +375,31 @@ impl AsyncClient {
 /// spawns a task.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct AsyncLockGuard {
-    shared: Arc<Pool<AsyncConnection>>,
-    slot: usize,
-    /// INVARIANT: `Some` until `unlock` takes it.
-    conn: Option<AsyncConnection>,
-    key: String,
-    token: Option<u64>,
+    held: Held<AsyncConnection>,
 }
 
 impl fmt::Debug for AsyncLockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AsyncLockGuard")
-            .field("key", &self.key)
-            .field("server", &self.server())
-            .field("token", &self.token)
-            .finish()
+        self.held.fmt_guard("AsyncLockGuard", f)
     }
 }
 
 impl AsyncLockGuard {
     /// The locked key.
     pub fn key(&self) -> &str {
-        &self.key
+        self.held.key()
     }
 
     /// The server holding the lock.
     pub fn server(&self) -> &str {
-        self.shared.server(self.slot)
+        self.held.server()
     }
 
     /// The fencing token of this grant (see
     /// [`LockGuard::token`](super::LockGuard::token)): `Some` for guards
     /// from [`AsyncClient::acquire`], `None` from `lock` and `try_lock`.
     pub fn token(&self) -> Option<u64> {
-        self.token
+        self.held.token()
     }
 
     /// Releases the lock now, reports how that went, and keeps the
@@ -440,12 +414,13 @@ impl AsyncLockGuard {
     /// [`ErrorReply::NotLocked`] or [`ErrorReply::NotOwner`] when the
     /// daemon no longer counts this connection as a holder.
     pub async fn unlock(mut self) -> Result<(), Error> {
-        let mut conn = self
-            .conn
-            .take()
-            .expect("a guard keeps its connection until unlock");
-        let result = conn.call(Command::Unlock { key: &self.key }).await;
-        self.shared.give_back(self.slot, conn);
+        let mut conn = self.held.take_conn();
+        let result = conn
+            .call(Command::Unlock {
+                key: self.held.key(),
+            })
+            .await;
+        self.held.give_back(conn);
         result.map(|_| ())
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::options::set_keepalive;
-use super::pool::{Pool, Pooled};
+use super::pool::{Held, Pool, Pooled, held_elsewhere_is_none};
 use super::proto::{self, Command, Info, MAX_REPLY_BYTES, Outcome, Stats};
 use super::{Error, ErrorKind, Options, PING_KEY, validate_key};
 use crate::wire::ErrorReply;
@@ -389,10 +389,7 @@ pub struct Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("servers", &self.servers().collect::<Vec<_>>())
-            .field("options", self.shared.options())
-            .finish()
+        self.shared.fmt_client("Client", f)
     }
 }
 
@@ -497,11 +494,7 @@ impl Client {
     ///
     /// As [`Client::lock`], except that a held lock is `Ok(None)`.
     pub fn try_lock(&self, key: &str) -> Result<Option<LockGuard>, Error> {
-        match self.lock(key, Duration::ZERO) {
-            Ok(guard) => Ok(Some(guard)),
-            Err(e) if e.is_timeout() => Ok(None),
-            Err(e) => Err(e),
-        }
+        held_elsewhere_is_none(self.lock(key, Duration::ZERO))
     }
 
     /// Takes one of the `limit` slots of semaphore `key` (1: the exclusive
@@ -525,19 +518,9 @@ impl Client {
         f: impl FnOnce(&mut Connection) -> Result<Option<u64>, Error>,
     ) -> Result<LockGuard, Error> {
         let mut conn = self.shared.take(slot)?;
-        match f(&mut conn) {
-            Ok(token) => Ok(LockGuard {
-                shared: self.shared.clone(),
-                slot,
-                conn: Some(conn),
-                key: key.to_owned(),
-                token,
-            }),
-            Err(e) => {
-                self.shared.give_back(slot, conn);
-                Err(e)
-            }
-        }
+        let granted = f(&mut conn);
+        let held = self.shared.grant(slot, key, conn, granted)?;
+        Ok(LockGuard { held })
     }
 
     /// The state of `key` on its server (`info`, protocol version 2).
@@ -582,33 +565,24 @@ impl Client {
 /// once; that never blocks and never fails.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
-    shared: Arc<Pool<Connection>>,
-    slot: usize,
-    /// INVARIANT: `Some` until `unlock` takes it.
-    conn: Option<Connection>,
-    key: String,
-    token: Option<u64>,
+    held: Held<Connection>,
 }
 
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockGuard")
-            .field("key", &self.key)
-            .field("server", &self.server())
-            .field("token", &self.token)
-            .finish()
+        self.held.fmt_guard("LockGuard", f)
     }
 }
 
 impl LockGuard {
     /// The locked key.
     pub fn key(&self) -> &str {
-        &self.key
+        self.held.key()
     }
 
     /// The server holding the lock.
     pub fn server(&self) -> &str {
-        self.shared.server(self.slot)
+        self.held.server()
     }
 
     /// The fencing token of this grant: strictly larger than that of every
@@ -618,15 +592,13 @@ impl LockGuard {
     /// [`Client::acquire`]; `None` from [`Client::lock`] and
     /// [`Client::try_lock`], whose original `l locked` reply carries none.
     pub fn token(&self) -> Option<u64> {
-        self.token
+        self.held.token()
     }
 
     /// The connection holding the lock, to watch it (see
     /// [`Connection::tcp_stream`]).
     pub fn connection(&self) -> &Connection {
-        self.conn
-            .as_ref()
-            .expect("a guard keeps its connection until unlock")
+        self.held.conn()
     }
 
     /// Releases the lock now, reports how that went, and keeps the
@@ -640,19 +612,16 @@ impl LockGuard {
     /// [`ErrorReply::NotLocked`] or [`ErrorReply::NotOwner`] when the
     /// daemon no longer counts this connection as a holder.
     pub fn unlock(mut self) -> Result<(), Error> {
-        let mut conn = self
-            .conn
-            .take()
-            .expect("a guard keeps its connection until unlock");
-        let result = conn.unlock(&self.key);
-        self.shared.give_back(self.slot, conn);
+        let mut conn = self.held.take_conn();
+        let result = conn.unlock(self.held.key());
+        self.held.give_back(conn);
         result
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(conn) = self.held.leave() {
             let _ = conn.tcp_stream().shutdown(Shutdown::Both);
         }
     }

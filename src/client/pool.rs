@@ -2,7 +2,8 @@
 //! I/O: the blocking [`Client`](super::Client) and the async client share
 //! this, and differ only in how a connection is opened and spoken to.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Error, ErrorKind, Options, pick_server, validate_key};
 
@@ -136,5 +137,113 @@ impl<C: Pooled> Pool<C> {
         if idle.len() < self.options.max_idle_per_server {
             idle.push(conn);
         }
+    }
+
+    /// What a lock command on `conn`, a connection of `slot`, came to: the
+    /// held lock (keeping the connection, with the grant's fencing token
+    /// if any), or the error, and the connection back in the pool (it
+    /// holds nothing).
+    pub(crate) fn grant(
+        self: &Arc<Self>,
+        slot: usize,
+        key: &str,
+        conn: C,
+        granted: Result<Option<u64>, Error>,
+    ) -> Result<Held<C>, Error> {
+        match granted {
+            Ok(token) => Ok(Held {
+                pool: self.clone(),
+                slot,
+                conn: Some(conn),
+                key: key.to_owned(),
+                token,
+            }),
+            Err(e) => {
+                self.give_back(slot, conn);
+                Err(e)
+            }
+        }
+    }
+
+    /// The `Debug` of a client named `name`: its servers and options.
+    pub(crate) fn fmt_client(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
+            .field("servers", &self.servers().collect::<Vec<_>>())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// `try_lock`'s answer, from that of the lock with a zero timeout: a lock
+/// held elsewhere (the timeout) is `Ok(None)`.
+pub(crate) fn held_elsewhere_is_none<G>(locked: Result<G, Error>) -> Result<Option<G>, Error> {
+    match locked {
+        Ok(guard) => Ok(Some(guard)),
+        Err(e) if e.is_timeout() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A held lock (or semaphore slot) on a connection of its own: what the
+/// blocking and the async guard keep.
+pub(crate) struct Held<C> {
+    pool: Arc<Pool<C>>,
+    slot: usize,
+    /// INVARIANT: `Some` until `take_conn` or `leave` takes it.
+    conn: Option<C>,
+    key: String,
+    token: Option<u64>,
+}
+
+impl<C: Pooled> Held<C> {
+    /// The locked key.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The server holding the lock.
+    pub(crate) fn server(&self) -> &str {
+        self.pool.server(self.slot)
+    }
+
+    /// The fencing token of the grant, if the command gave one.
+    pub(crate) fn token(&self) -> Option<u64> {
+        self.token
+    }
+
+    /// The connection holding the lock.
+    pub(crate) fn conn(&self) -> &C {
+        self.conn
+            .as_ref()
+            .expect("a guard keeps its connection until unlock")
+    }
+
+    /// Takes the connection out, to unlock on it and then [give it
+    /// back](Held::give_back).
+    pub(crate) fn take_conn(&mut self) -> C {
+        self.conn
+            .take()
+            .expect("a guard keeps its connection until unlock")
+    }
+
+    /// Keeps the connection for the next lock, if it is still sound (see
+    /// [`Pool::give_back`]).
+    pub(crate) fn give_back(&self, conn: C) {
+        self.pool.give_back(self.slot, conn);
+    }
+
+    /// The connection, if it was not taken out: the guard is dropped
+    /// without an unlock.
+    pub(crate) fn leave(&mut self) -> Option<C> {
+        self.conn.take()
+    }
+
+    /// The `Debug` of a guard named `name`: key, server, token.
+    pub(crate) fn fmt_guard(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
+            .field("key", &self.key)
+            .field("server", &self.server())
+            .field("token", &self.token)
+            .finish()
     }
 }
