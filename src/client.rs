@@ -125,6 +125,7 @@ mod blocking;
 mod error;
 mod hash;
 mod options;
+mod pool;
 mod proto;
 
 #[cfg(feature = "tokio")]

@@ -1,25 +1,16 @@
 //! The async client (the `tokio` feature) against the real daemon.
 
 mod common;
+#[path = "common/probe.rs"]
+mod probe;
 
 use std::time::{Duration, Instant};
 
 use common::{Daemon, PROMPT};
 use dreadlock::client::{AsyncClient, ErrorReply, pick_server};
+use probe::is_free;
 
 const SHORT: Duration = Duration::from_millis(50);
-
-/// Whether another connection could take `key` at once on `d` (and gives
-/// it back).
-fn is_free(d: &Daemon, key: &str) -> bool {
-    let mut probe = d.connect();
-    probe.send(format!("lock {key} 0\r\n"));
-    match probe.read_line().as_str() {
-        "l locked\r\n" => true,
-        "t timeout\r\n" => false,
-        other => panic!("unexpected reply {other:?}"),
-    }
-}
 
 async fn client(d: &Daemon) -> AsyncClient {
     AsyncClient::connect(&d.addr.to_string()).await.unwrap()

@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::time::Duration;
 
 use dreadlock::client::{ArgumentError, AsyncClient, ErrorKind as Kind, ErrorReply, Options};
-use fake::{Fake, stats_reply};
+use fake::{Fake, key_on, late_reply, stats_reply, two_servers};
 
 const SHORT: Duration = Duration::from_millis(50);
 
@@ -111,14 +111,7 @@ async fn a_wrong_secret_fails_connect() {
 /// A late reply closes only its own connection, never another guard's.
 #[tokio::test]
 async fn a_late_reply_does_not_cost_other_guards_their_locks() {
-    let mut fake = Fake::start(vec![
-        vec![Some("l locked\r\n"), Some("u unlocked\r\n")],
-        vec![None],
-    ]);
-    let options = Options {
-        io_timeout: Some(Duration::from_secs(1)),
-        ..Options::default()
-    };
+    let (mut fake, options) = late_reply();
     let c = AsyncClient::with_options([fake.server()], options).unwrap();
     let a = c.lock("a", SHORT).await.unwrap();
     let e = c.lock("b", SHORT).await.unwrap_err();
@@ -136,24 +129,10 @@ async fn a_late_reply_does_not_cost_other_guards_their_locks() {
 
 #[tokio::test]
 async fn key_commands_go_to_the_keys_server_and_stats_to_each() {
-    let mut fakes = [
-        Fake::start(vec![vec![
-            Some("i limit=0 holders=0 waiters=0\r\n"),
-            Some(stats_reply(1)),
-        ]]),
-        Fake::start(vec![vec![
-            Some("i limit=0 holders=0 waiters=0\r\n"),
-            Some(stats_reply(2)),
-        ]]),
-    ];
+    let mut fakes = two_servers(&[], [1, 2]);
     let servers: Vec<String> = fakes.iter().map(Fake::server).collect();
     let c = AsyncClient::new(servers.clone()).unwrap();
-    let key_on = |i: usize| {
-        (0..)
-            .map(|n| format!("k{n}"))
-            .find(|k| c.server_for(k) == servers[i])
-            .unwrap()
-    };
+    let key_on = |i: usize| key_on(|k| c.server_for(k), &servers[i]);
     let (k0, k1) = (key_on(0), key_on(1));
     c.info(&k0).await.unwrap();
     c.info(&k1).await.unwrap();

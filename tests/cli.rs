@@ -1,147 +1,45 @@
 //! `dreadlock-cli` against the real daemon.
 
+#[path = "common/cli.rs"]
+mod cli_harness;
 mod common;
+#[path = "common/probe.rs"]
+mod probe;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
+use cli_harness::{
+    CLI, Scratch, cli, daemon_and_scratch, gone_within_prompt, kill, process_exists, read_pid, run,
+    stderr, wait_within,
+};
 use common::{Daemon, PROMPT};
+use probe::is_free;
 
-fn cli(server: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dreadlock-cli"));
-    cmd.env_remove("DREADLOCK_SERVERS")
-        .args(["--server", server])
-        .stdin(Stdio::null());
+/// `dreadlock-cli lock k <options> -- sh -c <script>`.
+fn lock_sh_command(server: &str, options: &[&str], script: &str) -> Command {
+    let mut cmd = cli(server);
+    cmd.args(["lock", "k"])
+        .args(options)
+        .args(["--", "sh", "-c", script]);
     cmd
 }
 
-/// Runs to completion within `PROMPT`.
-fn run(cmd: &mut Command) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
+/// [`lock_sh_command`] started in the background, its stderr kept from
+/// the test's output.
+fn lock_sh(server: &str, options: &[&str], script: &str) -> Child {
+    lock_sh_command(server, options, script)
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || tx.send(child.wait_with_output()));
-    match rx.recv_timeout(PROMPT) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("dreadlock-cli did not finish within {PROMPT:?}");
-        }
-    }
-}
-
-fn wait_within(child: &mut Child, limit: Duration) -> ExitStatus {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("dreadlock-cli did not exit within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A fresh scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("dreadlock-cli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.0.join(file).to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Waits until the command under test wrote its pid to `file`.
-fn read_pid(file: &str) -> u32 {
-    let end = Instant::now() + PROMPT;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(file) {
-            if s.ends_with('\n') {
-                return s.trim().parse().unwrap();
-            }
-        }
-        assert!(Instant::now() < end, "the command never wrote {file}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Whether `pid` still names a live process. A zombie counts as gone: a
-/// killed orphan waits for init (which may be slow to reap, or absent in a
-/// container) to be reaped.
-fn process_exists(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-/// Waits until `pid` is gone; false if it still runs after `PROMPT`.
-fn gone_within_prompt(pid: u32) -> bool {
-    let end = Instant::now() + PROMPT;
-    while process_exists(pid) {
-        if Instant::now() > end {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    true
-}
-
-/// Sends `signal` to `pid`; false if there was no such process.
-fn kill(signal: &str, pid: u32) -> bool {
-    Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .stderr(Stdio::null())
-        .status()
         .unwrap()
-        .success()
-}
-
-fn is_free(d: &Daemon, key: &str) -> bool {
-    let mut probe = d.connect();
-    probe.send(format!("lock {key} 0\r\n"));
-    probe.read_line() == "l locked\r\n"
 }
 
 #[test]
 fn help_shows_examples_and_exit_codes() {
     for args in [&["--help"][..], &["lock", "--help"]] {
-        let out = run(Command::new(env!("CARGO_BIN_EXE_dreadlock-cli")).args(args));
+        let out = run(Command::new(CLI).args(args));
         assert!(out.status.success());
         let text = String::from_utf8(out.stdout).unwrap();
         for needle in [
@@ -169,7 +67,7 @@ fn the_watchdog_refuses_to_run_outside_a_group_of_its_own() {
     // more than that group.
     let out = run(Command::new("sh")
         .args(["-c", "\"$0\" __watchdog; exit $?"])
-        .arg(env!("CARGO_BIN_EXE_dreadlock-cli"))
+        .arg(CLI)
         .process_group(0));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("internal"), "{}", stderr(&out));
@@ -198,7 +96,7 @@ fn command_sees_key_and_server_and_lock_is_held() {
         "lock",
         "envkey",
         "--",
-        env!("CARGO_BIN_EXE_dreadlock-cli"),
+        CLI,
         "--server",
         &server,
         "lock",
@@ -227,9 +125,7 @@ fn command_sees_key_and_server_and_lock_is_held() {
 
 #[test]
 fn held_lock_gives_the_conflict_exit_code() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("conflict");
+    let (d, server, scratch) = daemon_and_scratch("conflict");
     let ran = scratch.path("ran");
     let mut holder = d.connect();
     holder.call("lock busy 0\r\n", "l locked\r\n");
@@ -289,9 +185,7 @@ fn command_that_cannot_run_releases_the_lock() {
 
 #[test]
 fn concurrent_runs_never_interleave() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("interleave");
+    let (_d, server, scratch) = daemon_and_scratch("interleave");
     let log = scratch.path("log");
     let script = format!("echo start >> {log}; sleep 0.05; echo end >> {log}");
     let runs = 6;
@@ -316,26 +210,11 @@ fn concurrent_runs_never_interleave() {
 
 #[test]
 fn lost_connection_stops_the_command() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("lost");
+    let (d, server, scratch) = daemon_and_scratch("lost");
     let pidfile = scratch.path("pid");
     // A grace longer than the wait below: only SIGTERM can stop it in time.
     let script = format!("echo $$ > {pidfile}; exec sleep 30");
-    let mut cli_run = cli(&server)
-        .args([
-            "lock",
-            "k",
-            "--kill-grace",
-            "60000",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cli_run = lock_sh(&server, &["--kill-grace", "60000"], &script);
     let child = read_pid(&pidfile);
     assert!(process_exists(child));
     drop(d); // SIGKILL the daemon: the connection goes with it.
@@ -346,25 +225,10 @@ fn lost_connection_stops_the_command() {
 
 #[test]
 fn lost_connection_kills_a_command_that_ignores_sigterm() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("grace");
+    let (d, server, scratch) = daemon_and_scratch("grace");
     let pidfile = scratch.path("pid");
     let script = format!("trap '' TERM; echo $$ > {pidfile}; exec sleep 30");
-    let mut cli_run = cli(&server)
-        .args([
-            "lock",
-            "k",
-            "--kill-grace",
-            "200",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cli_run = lock_sh(&server, &["--kill-grace", "200"], &script);
     let child = read_pid(&pidfile);
     drop(d);
     let status = wait_within(&mut cli_run, PROMPT);
@@ -374,22 +238,13 @@ fn lost_connection_kills_a_command_that_ignores_sigterm() {
 
 #[test]
 fn signals_are_forwarded_to_the_command() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("signals");
+    let (d, server, scratch) = daemon_and_scratch("signals");
     for (signal, number) in [("TERM", 15), ("INT", 2)] {
         let pidfile = scratch.path(signal);
-        let mut cli_run = cli(&server)
-            .args([
-                "lock",
-                "k",
-                "--",
-                "sh",
-                "-c",
-                &format!("echo $$ > {pidfile}; exec sleep 30"),
-            ])
-            .spawn()
-            .unwrap();
+        let mut cli_run =
+            lock_sh_command(&server, &[], &format!("echo $$ > {pidfile}; exec sleep 30"))
+                .spawn()
+                .unwrap();
         let child = read_pid(&pidfile);
         let cli_pid = cli_run.id().to_string();
         let sent = Command::new("kill")
@@ -428,7 +283,7 @@ fn ping_reports_each_server() {
 fn which_follows_the_documented_test_vector() {
     let servers = ["10.0.0.1:6001", "10.0.0.2:6001", "10.0.0.3:6001"];
     for (key, want) in [("backup", 0), ("cron", 1), ("deploy", 2)] {
-        let out = run(Command::new(env!("CARGO_BIN_EXE_dreadlock-cli")).args([
+        let out = run(Command::new(CLI).args([
             "-s", servers[2], "-s", servers[0], "-s", servers[1], "which", key,
         ]));
         assert!(out.status.success());
@@ -437,7 +292,7 @@ fn which_follows_the_documented_test_vector() {
             format!("{}\n", servers[want])
         );
         // The same list from the environment.
-        let out = run(Command::new(env!("CARGO_BIN_EXE_dreadlock-cli"))
+        let out = run(Command::new(CLI)
             .env("DREADLOCK_SERVERS", servers.join(", "))
             .args(["which", key]));
         assert_eq!(
@@ -450,7 +305,7 @@ fn which_follows_the_documented_test_vector() {
 #[test]
 fn servers_from_the_environment() {
     let d = Daemon::start();
-    let out = run(Command::new(env!("CARGO_BIN_EXE_dreadlock-cli"))
+    let out = run(Command::new(CLI)
         .env("DREADLOCK_SERVERS", d.addr.to_string())
         .args(["lock", "k", "--", "sh", "-c", "echo $DREADLOCK_SERVER"]));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -475,20 +330,7 @@ fn lost_lock_stops_grandchildren() {
             "sh -c '{trap} echo $$ > {inner}; while [ ! -e {go} ]; do sleep 0.01; done; \
              touch {marker}' & echo $$ > {pidfile}; wait"
         );
-        let mut cli_run = cli(&server)
-            .args([
-                "lock",
-                "k",
-                "--kill-grace",
-                "200",
-                "--",
-                "sh",
-                "-c",
-                &script,
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut cli_run = lock_sh(&server, &["--kill-grace", "200"], &script);
         let (outer, grandchild) = (read_pid(&pidfile), read_pid(&inner));
         drop(d);
         assert_eq!(wait_within(&mut cli_run, PROMPT).code(), Some(70));
@@ -509,17 +351,11 @@ fn lost_lock_stops_grandchildren() {
 /// re-parented to dreadlock-cli when its parent dies, and stopped too.
 #[test]
 fn lost_lock_stops_a_descendant_in_its_own_session() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("setsid");
+    let (d, server, scratch) = daemon_and_scratch("setsid");
     let (inner, pidfile) = (scratch.path("inner"), scratch.path("pid"));
     let script =
         format!("setsid sh -c 'echo $$ > {inner}; exec sleep 30' & echo $$ > {pidfile}; wait");
-    let mut cli_run = cli(&server)
-        .args(["lock", "k", "--", "sh", "-c", &script])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cli_run = lock_sh(&server, &[], &script);
     let (outer, escaped) = (read_pid(&pidfile), read_pid(&inner));
     drop(d);
     assert_eq!(wait_within(&mut cli_run, PROMPT).code(), Some(70));
@@ -534,9 +370,7 @@ fn lost_lock_stops_a_descendant_in_its_own_session() {
 /// is released: dreadlock-cli reaped it, so it is gone when the CLI is.
 #[test]
 fn leftovers_are_stopped_before_the_lock_is_released() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("leftover");
+    let (d, server, scratch) = daemon_and_scratch("leftover");
     let pidfile = scratch.path("pid");
     let script = format!("sleep 30 & echo $! > {pidfile}; exit 4");
     let out = run(cli(&server).args(["lock", "k", "--", "sh", "-c", &script]));
@@ -559,14 +393,12 @@ fn leftovers_are_stopped_before_the_lock_is_released() {
 /// inherits it ignored.
 #[test]
 fn sighup_ignored_at_start_stays_ignored() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("nohup");
+    let (d, server, scratch) = daemon_and_scratch("nohup");
     let (pidfile, go) = (scratch.path("pid"), scratch.path("go"));
     let command = format!("echo $$ > {pidfile}; while [ ! -e {go} ]; do sleep 0.01; done");
     let mut cli_run = Command::new("sh")
         .args(["-c", "trap '' HUP; exec \"$@\"", "sh"])
-        .arg(env!("CARGO_BIN_EXE_dreadlock-cli"))
+        .arg(CLI)
         .args(["--server", &server, "lock", "k", "--", "sh", "-c", &command])
         .env_remove("DREADLOCK_SERVERS")
         .stdin(Stdio::null())
@@ -586,16 +418,11 @@ fn sighup_ignored_at_start_stays_ignored() {
 /// group instead: dreadlock-cli exits with the command, nothing is left.
 #[test]
 fn deadly_signals_leave_no_orphan() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("deadly");
+    let (d, server, scratch) = daemon_and_scratch("deadly");
     for (signal, number) in [("USR1", 10), ("USR2", 12), ("ALRM", 14), ("PIPE", 13)] {
         let pidfile = scratch.path(signal);
         let script = format!("sleep 30 & echo $! > {pidfile}; wait");
-        let mut cli_run = cli(&server)
-            .args(["lock", "k", "--", "sh", "-c", &script])
-            .spawn()
-            .unwrap();
+        let mut cli_run = lock_sh_command(&server, &[], &script).spawn().unwrap();
         let grandchild = read_pid(&pidfile);
         assert!(kill(signal, cli_run.id()));
         let status = wait_within(&mut cli_run, PROMPT);
@@ -613,16 +440,10 @@ fn deadly_signals_leave_no_orphan() {
 /// dreadlock-cli die and kills the group.
 #[test]
 fn sigkill_of_the_cli_leaves_no_orphan() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("sigkill");
+    let (d, server, scratch) = daemon_and_scratch("sigkill");
     let pidfile = scratch.path("pid");
     let script = format!("sh -c 'trap \"\" TERM; exec sleep 30' & echo $! > {pidfile}; wait");
-    let mut cli_run = cli(&server)
-        .args(["lock", "k", "--", "sh", "-c", &script])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cli_run = lock_sh(&server, &[], &script);
     let grandchild = read_pid(&pidfile);
     cli_run.kill().unwrap();
     cli_run.wait().unwrap();
@@ -727,20 +548,14 @@ fn nonblock_and_shell_command() {
 /// dreadlock-cli is SIGKILLed afterwards.
 #[test]
 fn the_watchdog_survives_a_signal_to_the_group_at_once() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("early");
+    let (_d, server, scratch) = daemon_and_scratch("early");
     let pidfile = scratch.path("pid");
     for _ in 0..3 {
         let script = format!(
             "trap '' USR1; i=0; while [ $i -lt 5000 ]; do kill -USR1 0; i=$((i+1)); done; \
              echo $$ > {pidfile}; exec sleep 30"
         );
-        let mut cli_run = cli(&server)
-            .args(["lock", "k", "--", "sh", "-c", &script])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut cli_run = lock_sh(&server, &[], &script);
         let child = read_pid(&pidfile);
         std::fs::remove_file(&pidfile).unwrap();
         cli_run.kill().unwrap();

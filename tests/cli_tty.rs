@@ -2,7 +2,11 @@
 //! a keyboard would (Ctrl-C, Ctrl-Z, typing a line), with `setsid --ctty`
 //! (util-linux) making the pty the session's controlling terminal.
 
+#[path = "common/cli.rs"]
+mod cli_harness;
 mod common;
+#[path = "common/probe.rs"]
+mod probe;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -13,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use cli_harness::{CLI, Scratch, daemon_and_scratch, wait_exit};
 use common::{Daemon, PROMPT};
+use probe::is_free;
 use rustix::fs::OFlags;
 use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
 
@@ -65,8 +71,8 @@ impl Pty {
             .arg(program)
             .args(args)
             .env_remove("DREADLOCK_SERVERS")
-            .env("CLI", env!("CARGO_BIN_EXE_dreadlock-cli"))
-            .env("DIR", &dir.0)
+            .env("CLI", CLI)
+            .env("DIR", dir.dir())
             .stdin(open())
             .stdout(open())
             .stderr(open())
@@ -84,76 +90,43 @@ impl Pty {
     }
 }
 
-/// A fresh scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("dreadlock-tty-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-
-    /// Waits until `file` holds a complete line containing `needle`.
-    fn wait_for(&self, file: &str, needle: &str, pty: &Pty) -> String {
-        let path = self.path(file);
-        let end = Instant::now() + PROMPT;
-        loop {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            if text.contains(needle) && text.ends_with('\n') {
-                return text;
-            }
-            assert!(
-                Instant::now() < end,
-                "{file} never said {needle:?} (it says {text:?}); terminal:\n{}",
-                pty.output()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn wait_within(child: &mut Child, pty: &Pty) -> ExitStatus {
+/// Waits until `file` in `dir` holds a complete line containing `needle`.
+fn wait_for(dir: &Scratch, file: &str, needle: &str, pty: &Pty) -> String {
+    let path = dir.path(file);
     let end = Instant::now() + PROMPT;
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains(needle) && text.ends_with('\n') {
+            return text;
         }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!(
-                "the session did not end within {PROMPT:?}; terminal:\n{}",
-                pty.output()
-            );
-        }
+        assert!(
+            Instant::now() < end,
+            "{file} never said {needle:?} (it says {text:?}); terminal:\n{}",
+            pty.output()
+        );
         thread::sleep(Duration::from_millis(10));
     }
 }
 
+/// Waits for the session to end within `PROMPT`.
+fn session_end(child: &mut Child, pty: &Pty) -> ExitStatus {
+    wait_exit(child, PROMPT, || {
+        format!(
+            "the session did not end within {PROMPT:?}; terminal:\n{}",
+            pty.output()
+        )
+    })
+}
+
 fn is_held(d: &Daemon, key: &str) -> bool {
-    let mut probe = d.connect();
-    probe.send(format!("lock {key} 0\r\n"));
-    probe.read_line() == "t timeout\r\n"
+    !is_free(d, key)
 }
 
 /// The terminal sends one SIGINT to its foreground group; the command must
 /// see it once, not once from the terminal and again forwarded.
 #[test]
 fn one_ctrl_c_reaches_the_command_once() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let dir = Scratch::new("ctrlc");
+    let (_d, server, dir) = daemon_and_scratch("ctrlc");
     let mut pty = Pty::open();
     // Each signal the command sees appends a line: `wait` returns at once
     // for a trapped signal, so signals a moment apart make a line each.
@@ -161,15 +134,14 @@ fn one_ctrl_c_reaches_the_command_once() {
         trap 'echo term >> "$DIR/count"; kill $!; exit 0' TERM
         echo $$ > "$DIR/pid"
         sleep 30 & while :; do wait; done"#;
-    let cli = env!("CARGO_BIN_EXE_dreadlock-cli");
     let mut session = pty.spawn(
-        cli,
+        CLI,
         &["--server", &server, "lock", "k", "--", "sh", "-c", script],
         &dir,
     );
-    dir.wait_for("pid", "", &pty);
+    wait_for(&dir, "pid", "", &pty);
     pty.type_keys(b"\x03");
-    dir.wait_for("count", "int", &pty);
+    wait_for(&dir, "count", "int", &pty);
     // A SIGTERM to dreadlock-cli is forwarded after anything it received
     // before, a forwarded SIGINT included: once the command has seen it,
     // the count of SIGINTs is final.
@@ -181,7 +153,7 @@ fn one_ctrl_c_reaches_the_command_once() {
             .unwrap()
             .success()
     );
-    let status = wait_within(&mut session, &pty);
+    let status = session_end(&mut session, &pty);
     assert_eq!(status.code(), Some(0), "terminal:\n{}", pty.output());
     let count = std::fs::read_to_string(dir.path("count")).unwrap();
     assert_eq!(
@@ -194,30 +166,26 @@ fn one_ctrl_c_reaches_the_command_once() {
 /// and the terminal comes back to the shell afterwards.
 #[test]
 fn the_command_reads_the_terminal_and_gives_it_back() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let dir = Scratch::new("read");
+    let (_d, server, dir) = daemon_and_scratch("read");
     let mut pty = Pty::open();
     let script = r#""$CLI" --server "$1" lock k -- sh -c 'read x; echo "got $x" > "$DIR/out"'
         echo "cli $?" > "$DIR/after"
         read y; echo "then $y" >> "$DIR/after""#;
     let mut session = pty.spawn("sh", &["-c", script, "sh", &server], &dir);
     pty.type_keys(b"hello\n");
-    dir.wait_for("out", "got hello", &pty);
-    dir.wait_for("after", "cli 0", &pty);
+    wait_for(&dir, "out", "got hello", &pty);
+    wait_for(&dir, "after", "cli 0", &pty);
     pty.type_keys(b"world\n");
-    let after = dir.wait_for("after", "then", &pty);
+    let after = wait_for(&dir, "after", "then", &pty);
     assert_eq!(after, "cli 0\nthen world\n", "terminal:\n{}", pty.output());
-    assert!(wait_within(&mut session, &pty).success());
+    assert!(session_end(&mut session, &pty).success());
 }
 
 /// Ctrl-Z stops the command and dreadlock-cli with it (the shell sees its
 /// job stopped, the lock stays held); `fg` resumes both, with the terminal.
 #[test]
 fn ctrl_z_and_fg() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let dir = Scratch::new("ctrlz");
+    let (d, server, dir) = daemon_and_scratch("ctrlz");
     let mut pty = Pty::open();
     let script = r#"set -m
         "$CLI" --server "$1" lock k -- sh -c 'echo $$ > "$DIR/pid"; read x; echo "got $x" > "$DIR/out"'
@@ -225,15 +193,15 @@ fn ctrl_z_and_fg() {
         fg
         echo "fg $?" >> "$DIR/jobs""#;
     let mut session = pty.spawn("sh", &["-c", script, "sh", &server], &dir);
-    dir.wait_for("pid", "", &pty);
+    wait_for(&dir, "pid", "", &pty);
     pty.type_keys(b"\x1a");
-    dir.wait_for("jobs", "stopped", &pty);
+    wait_for(&dir, "jobs", "stopped", &pty);
     assert!(is_held(&d, "k"), "the lock was released while stopped");
     pty.type_keys(b"hello\n");
-    dir.wait_for("out", "got hello", &pty);
-    let jobs = dir.wait_for("jobs", "fg", &pty);
+    wait_for(&dir, "out", "got hello", &pty);
+    let jobs = wait_for(&dir, "jobs", "fg", &pty);
     assert_eq!(jobs, "stopped 148\nfg 0\n", "terminal:\n{}", pty.output());
-    assert!(wait_within(&mut session, &pty).success());
+    assert!(session_end(&mut session, &pty).success());
 }
 
 /// With `stty tostop`, dreadlock-cli writing to the terminal while the
@@ -241,19 +209,17 @@ fn ctrl_z_and_fg() {
 /// running on a lost lock: its messages wait until the terminal is back.
 #[test]
 fn a_lost_lock_is_handled_under_stty_tostop() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let dir = Scratch::new("tostop");
+    let (d, server, dir) = daemon_and_scratch("tostop");
     let pty = Pty::open();
     let script = r#"set -m; stty tostop
         "$CLI" --server "$1" lock k -- sh -c 'echo $$ > "$DIR/pid"; exec sleep 30'
         echo "cli $?" > "$DIR/after""#;
     let mut session = pty.spawn("sh", &["-c", script, "sh", &server], &dir);
-    let pid = dir.wait_for("pid", "", &pty);
+    let pid = wait_for(&dir, "pid", "", &pty);
     drop(d);
-    let after = dir.wait_for("after", "cli", &pty);
+    let after = wait_for(&dir, "after", "cli", &pty);
     assert_eq!(after, "cli 70\n", "terminal:\n{}", pty.output());
-    assert!(wait_within(&mut session, &pty).success());
+    assert!(session_end(&mut session, &pty).success());
     let pid = pid.trim();
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),

@@ -7,129 +7,23 @@
 //! established by polling `info` on a connection of the test's own, never
 //! by sleeping.
 
+#[path = "common/cli.rs"]
+mod cli_harness;
 mod common;
 mod fake;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use cli_harness::{
+    Scratch, cli, daemon_and_scratch, finish, process_exists, read_pid, run, start, stderr, stdout,
+    wait_file,
+};
 use common::{Daemon, PROMPT};
 use fake::{Fake, HANG_UP};
-
-fn cli(server: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dreadlock-cli"));
-    cmd.env_remove("DREADLOCK_SERVERS")
-        .env_remove("DREADLOCK_AUTH_FILE")
-        .env_remove("DREADLOCK_TOKEN")
-        .args(["--server", server])
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// Runs to completion within `PROMPT`.
-fn run(cmd: &mut Command) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || tx.send(child.wait_with_output()));
-    match rx.recv_timeout(PROMPT) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("dreadlock-cli did not finish within {PROMPT:?}");
-        }
-    }
-}
-
-/// Starts a `dreadlock-cli` in the background, its output kept for
-/// [`finish`].
-fn start(cmd: &mut Command) -> Child {
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits for a background `dreadlock-cli` to exit, within `PROMPT`.
-fn finish(mut child: Child) -> (ExitStatus, String, String) {
-    let end = Instant::now() + PROMPT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("dreadlock-cli did not exit within {PROMPT:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A fresh scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("dreadlock-cli-v2-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.0.join(file).to_str().unwrap().to_owned()
-    }
-
-    /// Writes `contents` to `file` (mode 600); returns its path.
-    fn file(&self, file: &str, contents: &str) -> String {
-        let path = self.path(file);
-        std::fs::write(&path, contents).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Waits until `file` exists with a complete last line; returns it.
-fn wait_file(file: &str) -> String {
-    let end = Instant::now() + PROMPT;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(file) {
-            if s.ends_with('\n') {
-                return s;
-            }
-        }
-        assert!(Instant::now() < end, "the command never wrote {file}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// A shell command that records `tag` in `started`, then waits for `go`.
 fn hold_until(started: &str, go: &str, tag: &str) -> String {
@@ -171,16 +65,6 @@ fn wait_info(d: &Daemon, key: &str, field: &str, want: &str) -> BTreeMap<String,
     }
 }
 
-/// Whether `pid` is gone (or a zombie waiting for init).
-fn gone(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-        let state = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next());
-        matches!(state, Some("Z" | "X") | None)
-    })
-}
-
 /// This host's short name, as the default connection name has it.
 fn short_host() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
@@ -208,9 +92,7 @@ fn json_field<'a>(json: &'a str, field: &str) -> &'a str {
 /// lock and two commands wait for it, in both forms.
 #[test]
 fn status_shows_the_named_holder_and_two_waiters() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("status");
+    let (d, server, scratch) = daemon_and_scratch("status");
     let (started, go) = (scratch.path("started"), scratch.path("go"));
     let holder = start(cli(&server).args([
         "--name",
@@ -353,9 +235,7 @@ fn dreadlock_token_increases_across_successive_holders() {
 /// of them is done; a different limit on the held key is refused.
 #[test]
 fn limit_two_runs_two_at_once_and_the_third_waits() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("limit");
+    let (d, server, scratch) = daemon_and_scratch("limit");
     let (started, go) = (scratch.path("started"), scratch.path("go"));
     let (third, third_go) = (scratch.path("third"), scratch.path("third_go"));
     let two: Vec<Child> = ["a", "b"]
@@ -439,9 +319,7 @@ fn limit_two_runs_two_at_once_and_the_third_waits() {
 /// 70), and the next waiter's command starts.
 #[test]
 fn evict_closes_the_holder_and_the_next_waiter_runs() {
-    let d = Daemon::start();
-    let server = d.addr.to_string();
-    let scratch = Scratch::new("evict");
+    let (d, server, scratch) = daemon_and_scratch("evict");
     let (pidfile, marker) = (scratch.path("pid"), scratch.path("marker"));
     let holder = start(cli(&server).args([
         "lock",
@@ -451,8 +329,8 @@ fn evict_closes_the_holder_and_the_next_waiter_runs() {
         "-c",
         &format!("echo $$ > {pidfile}; exec sleep 30"),
     ]));
-    let pid: u32 = wait_file(&pidfile).trim().parse().unwrap();
-    assert!(!gone(pid));
+    let pid = read_pid(&pidfile);
+    assert!(process_exists(pid));
     let waiter = start(cli(&server).args(["lock", "stuck", "-c", &format!("echo ran > {marker}")]));
     wait_info(&d, "stuck", "waiters", "1");
     assert!(!Path::new(&marker).exists());
@@ -466,7 +344,7 @@ fn evict_closes_the_holder_and_the_next_waiter_runs() {
     let (status, _, err) = finish(holder);
     assert_eq!(status.code(), Some(70), "{err}");
     assert!(err.contains("lost"), "{err}");
-    assert!(gone(pid), "the evicted holder's command runs on");
+    assert!(!process_exists(pid), "the evicted holder's command runs on");
     let (status, _, err) = finish(waiter);
     assert!(status.success(), "{err}");
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");

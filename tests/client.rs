@@ -4,6 +4,8 @@
 
 mod common;
 mod fake;
+#[path = "common/probe.rs"]
+mod probe;
 
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
@@ -17,24 +19,13 @@ use dreadlock::client::{
     Client, Connection, ErrorKind as Kind, ErrorReply, KeyError, MAX_KEY_BYTES, Options,
     WAIT_FOREVER, pick_server,
 };
-use fake::Fake;
+use fake::{Fake, key_on, late_reply};
+use probe::is_free;
 
 const SHORT: Duration = Duration::from_millis(50);
 
 fn client(d: &Daemon) -> Client {
     Client::connect(&d.addr.to_string()).expect("connect")
-}
-
-/// Whether another connection could take `key` at once on `d` (and gives
-/// it back).
-fn is_free(d: &Daemon, key: &str) -> bool {
-    let mut probe = d.connect();
-    probe.send(format!("lock {key} 0\r\n"));
-    match probe.read_line().as_str() {
-        "l locked\r\n" => true,
-        "t timeout\r\n" => false,
-        other => panic!("unexpected reply {other:?}"),
-    }
 }
 
 #[test]
@@ -257,14 +248,7 @@ fn a_reply_that_never_comes_is_an_io_timeout() {
 /// every other lock held there.
 #[test]
 fn a_late_reply_does_not_cost_other_guards_their_locks() {
-    let mut fake = Fake::start(vec![
-        vec![Some("l locked\r\n"), Some("u unlocked\r\n")],
-        vec![None],
-    ]);
-    let options = Options {
-        io_timeout: Some(Duration::from_secs(1)),
-        ..Options::default()
-    };
+    let (mut fake, options) = late_reply();
     let c = Client::with_options([fake.server()], options).unwrap();
     let a = c.lock("a", SHORT).unwrap();
     let e = c.lock("b", SHORT).unwrap_err();
@@ -515,15 +499,9 @@ fn lazy_connections_open_per_server() {
         .unwrap();
     let servers = [used.addr.to_string(), dead.to_string()];
     let c = Client::new(servers.clone()).unwrap();
-    let key = (0..)
-        .map(|i| format!("k{i}"))
-        .find(|k| c.server_for(k) == servers[0])
-        .unwrap();
+    let key = key_on(|k| c.server_for(k), &servers[0]);
     c.lock(&key, SHORT).unwrap().unlock().unwrap();
-    let other = (0..)
-        .map(|i| format!("k{i}"))
-        .find(|k| c.server_for(k) == servers[1])
-        .unwrap();
+    let other = key_on(|k| c.server_for(k), &servers[1]);
     assert!(c.lock(&other, SHORT).unwrap_err().io_error().is_some());
     // The raw stream can be watched.
     let conn = Connection::connect(&servers[0], &Options::default()).unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use dreadlock::client::{
     ArgumentError, Client, Connection, ErrorKind as Kind, ErrorReply, Options,
 };
-use fake::{Fake, stats_reply};
+use fake::{Fake, key_on, stats_reply, two_servers};
 
 const SHORT: Duration = Duration::from_millis(50);
 
@@ -225,27 +225,11 @@ fn evict_returns_the_count_or_not_allowed() {
 
 #[test]
 fn key_commands_go_to_the_keys_server_and_stats_to_each() {
-    let mut fakes = [
-        Fake::start(vec![vec![
-            Some("i limit=0 holders=0 waiters=0\r\n"),
-            Some("o evicted 0\r\n"),
-            Some(stats_reply(11)),
-        ]]),
-        Fake::start(vec![vec![
-            Some("i limit=0 holders=0 waiters=0\r\n"),
-            Some("o evicted 0\r\n"),
-            Some(stats_reply(22)),
-        ]]),
-    ];
+    let mut fakes = two_servers(&["o evicted 0\r\n"], [11, 22]);
     let servers: Vec<String> = fakes.iter().map(Fake::server).collect();
     let c = Client::new(servers.clone()).unwrap();
     // One key per server.
-    let key_on = |i: usize| {
-        (0..)
-            .map(|n| format!("k{n}"))
-            .find(|k| c.server_for(k) == servers[i])
-            .unwrap()
-    };
+    let key_on = |i: usize| key_on(|k| c.server_for(k), &servers[i]);
     let (k0, k1) = (key_on(0), key_on(1));
     c.info(&k0).unwrap();
     c.evict(&k0).unwrap();

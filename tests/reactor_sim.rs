@@ -9,45 +9,23 @@
 //! more with `DREADLOCK_REACTOR_SIM_SEEDS=<n>` (from the given seed, or the
 //! default base).
 
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+#[path = "common/seeds.rs"]
+mod seeds;
+
+use std::panic::catch_unwind;
 
 use dreadlock::reactor_sim::{SimReport, simulate};
 
 const DEFAULT_BASE_SEED: u64 = 0x005e_ed0f_4ea7;
 const DEFAULT_SEEDS: u64 = 300;
 
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    let v = v.trim();
-    let parsed = match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    Some(parsed.unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
-}
-
 fn run(seed: u64) -> SimReport {
-    match catch_unwind(AssertUnwindSafe(|| simulate(seed))) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "reactor simulation failed with seed {seed:#x}; replay with \
-                 DREADLOCK_REACTOR_SIM_SEED={seed:#x} cargo test --test reactor_sim"
-            );
-            resume_unwind(e)
-        }
-    }
+    seeds::with_replay("DREADLOCK_REACTOR_SIM", seed, || simulate(seed))
 }
 
 #[test]
 fn seeded_worlds_keep_every_promise() {
-    let one = env_u64("DREADLOCK_REACTOR_SIM_SEED");
-    let base = one.unwrap_or(DEFAULT_BASE_SEED);
-    let n = env_u64("DREADLOCK_REACTOR_SIM_SEEDS").unwrap_or(if one.is_some() {
-        1
-    } else {
-        DEFAULT_SEEDS
-    });
+    let (base, n) = seeds::seeds("DREADLOCK_REACTOR_SIM", DEFAULT_BASE_SEED, DEFAULT_SEEDS);
     let mut total = SimReport::default();
     for i in 0..n {
         let r = run(base.wrapping_add(i));

@@ -13,7 +13,8 @@
 //! `DREADLOCK_SIM_SEEDS=<n>` (from `DREADLOCK_SIM_SEED`, or the default
 //! base). Add `DREADLOCK_MODEL_TRACE=1` to print every step.
 
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+#[path = "common/seeds.rs"]
+mod seeds;
 
 use dreadlock::core::{Config, INFINITE_TIMEOUT_MS, Secret};
 use dreadlock::model::{CoreHarness, HarnessStats, MODEL_SECRET, Rng};
@@ -21,16 +22,6 @@ use dreadlock::model::{CoreHarness, HarnessStats, MODEL_SECRET, Rng};
 const DEFAULT_BASE_SEED: u64 = 0x0d00_d1e5_5eed;
 const DEFAULT_SEEDS: u64 = 24;
 const STEPS: u64 = 3_000;
-
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    let v = v.trim();
-    let parsed = match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    Some(parsed.unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
-}
 
 /// One simulated world.
 struct World {
@@ -326,24 +317,13 @@ fn run_seed(seed: u64) -> HarnessStats {
 
 #[test]
 fn simulation() {
-    let one = env_u64("DREADLOCK_SIM_SEED");
-    let count =
-        env_u64("DREADLOCK_SIM_SEEDS").unwrap_or(if one.is_some() { 1 } else { DEFAULT_SEEDS });
-    let base = one.unwrap_or(DEFAULT_BASE_SEED);
+    let (base, count) = seeds::seeds("DREADLOCK_SIM", DEFAULT_BASE_SEED, DEFAULT_SEEDS);
     let mut total = HarnessStats::default();
     let started = std::time::Instant::now();
     for i in 0..count {
         let seed = base.wrapping_add(i);
-        match catch_unwind(AssertUnwindSafe(|| run_seed(seed))) {
-            Ok(stats) => add(&mut total, stats),
-            Err(e) => {
-                eprintln!(
-                    "\nsimulation FAILED with seed {seed:#x}; replay with\n  \
-                     DREADLOCK_SIM_SEED={seed:#x} cargo test --test simulation\n"
-                );
-                resume_unwind(e);
-            }
-        }
+        let stats = seeds::with_replay("DREADLOCK_SIM", seed, || run_seed(seed));
+        add(&mut total, stats);
     }
     eprintln!(
         "simulation: {count} seeds from {base:#x} in {:.1?}: {total:?}",

@@ -3,17 +3,17 @@
 
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use ::tokio::net::TcpStream;
 use ::tokio::time::timeout;
 
-use super::blocking::refusal_kind;
 use super::options::set_keepalive;
+use super::pool::{Held, Pool, Pooled, held_elsewhere_is_none};
 use super::proto::{self, Command, Info, MAX_REPLY_BYTES, Outcome, Stats};
-use super::{Error, ErrorKind, Options, pick_server, validate_key};
+use super::{Error, ErrorKind, Options};
 use crate::wire::ErrorReply;
 
 /// One async connection. Private: the guards own them, the pool keeps the
@@ -68,25 +68,7 @@ impl AsyncConnection {
             }
             return Ok(conn);
         }
-        Err(io(last_err.unwrap_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                "the server name resolved to no address",
-            )
-        })))
-    }
-
-    /// Whether this idle connection can carry a new command: not broken,
-    /// nothing unread, and the daemon has not closed it (a peek on the
-    /// non-blocking socket would block; asked of the kernel, not of the
-    /// runtime's readiness, which may not have seen a recent FIN yet).
-    fn is_reusable(&self) -> bool {
-        if self.broken || !self.reader.buffer().is_empty() {
-            return false;
-        }
-        let socket = socket2::SockRef::from(self.reader.get_ref());
-        let peeked = socket.peek(&mut [std::mem::MaybeUninit::uninit(); 1]);
-        matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        Err(proto::connect_error(server, last_err))
     }
 
     /// Sends one command line and interprets one reply line. Dropping the
@@ -94,30 +76,17 @@ impl AsyncConnection {
     /// drop the connection, which the guards and the pool do.
     async fn call(&mut self, command: Command<'_>) -> Result<Outcome, Error> {
         if self.broken {
-            return Err(Error::io(
-                &self.server,
-                io::ErrorKind::NotConnected,
-                "the connection was closed after an earlier error",
-            ));
+            return Err(proto::closed_error(&self.server));
         }
         let reply_timeout = command.reply_timeout(self.io_timeout);
-        let line = match self
+        let exchanged = self
             .send_and_receive(&command.encode(), reply_timeout)
-            .await
-        {
-            Ok(line) => line,
-            Err(e) => {
-                self.broken = true;
-                let e = command.io_error(&e);
-                return Err(Error::new(ErrorKind::Io(e), &self.server));
-            }
-        };
-        proto::interpret(&command, &line).map_err(|refusal| {
-            if refusal.closes() {
-                self.broken = true;
-            }
-            Error::new(refusal_kind(refusal), &self.server)
-        })
+            .await;
+        let (result, closes) = proto::settle(&command, &self.server, exchanged);
+        if closes {
+            self.broken = true;
+        }
+        result
     }
 
     async fn send_and_receive(
@@ -131,19 +100,26 @@ impl AsyncConnection {
         let mut limited = (&mut self.reader).take(MAX_REPLY_BYTES as u64);
         let read = limited.read_until(b'\n', &mut line);
         let n = bounded(reply_timeout, read, "the reply").await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ));
-        }
-        if !line.ends_with(b"\n") && n < MAX_REPLY_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection in the middle of a reply",
-            ));
-        }
+        proto::check_reply_end(&line, n)?;
         Ok(line)
+    }
+}
+
+impl Pooled for AsyncConnection {
+    fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Also asks whether the daemon closed the socket: a peek on the
+    /// non-blocking socket would block (asked of the kernel, not of the
+    /// runtime's readiness, which may not have seen a recent FIN yet).
+    fn is_reusable(&self) -> bool {
+        if self.broken || !self.reader.buffer().is_empty() {
+            return false;
+        }
+        let socket = socket2::SockRef::from(self.reader.get_ref());
+        let peeked = socket.peek(&mut [std::mem::MaybeUninit::uninit(); 1]);
+        matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -164,46 +140,13 @@ async fn bounded<T>(
     }
 }
 
-struct Slot {
-    server: String,
-    /// INVARIANT: every connection here holds no lock and has no request
-    /// in flight. A std mutex: it is held only for a push or a pop, never
-    /// across an await.
-    idle: Mutex<Vec<AsyncConnection>>,
-}
-
-impl Slot {
-    fn idle(&self) -> MutexGuard<'_, Vec<AsyncConnection>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-struct Shared {
-    slots: Vec<Slot>,
-    options: Options,
-}
-
-impl Shared {
+impl Pool<AsyncConnection> {
+    /// An idle connection to the slot's server that still works, or a new
+    /// one.
     async fn take(&self, slot: usize) -> Result<AsyncConnection, Error> {
-        let slot_ref = &self.slots[slot];
-        loop {
-            let Some(conn) = slot_ref.idle().pop() else {
-                break;
-            };
-            if conn.is_reusable() {
-                return Ok(conn);
-            }
-        }
-        AsyncConnection::connect(&slot_ref.server, &self.options).await
-    }
-
-    fn give_back(&self, slot: usize, conn: AsyncConnection) {
-        if conn.broken {
-            return;
-        }
-        let mut idle = self.slots[slot].idle();
-        if idle.len() < self.options.max_idle_per_server {
-            idle.push(conn);
+        match self.take_idle(slot) {
+            Some(conn) => Ok(conn),
+            None => AsyncConnection::connect(self.server(slot), self.options()).await,
         }
     }
 
@@ -240,15 +183,12 @@ impl Shared {
 /// ```
 #[derive(Clone)]
 pub struct AsyncClient {
-    shared: Arc<Shared>,
+    shared: Arc<Pool<AsyncConnection>>,
 }
 
 impl fmt::Debug for AsyncClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AsyncClient")
-            .field("servers", &self.servers().collect::<Vec<_>>())
-            .field("options", &self.shared.options)
-            .finish()
+        self.shared.fmt_client("AsyncClient", f)
     }
 }
 
@@ -270,7 +210,7 @@ impl AsyncClient {
     /// As [`Connection::connect`](super::Connection::connect).
     pub async fn connect_with(server: &str, options: Options) -> Result<AsyncClient, Error> {
         let client = AsyncClient::with_options([server], options)?;
-        let conn = AsyncConnection::connect(server, &client.shared.options).await?;
+        let conn = AsyncConnection::connect(server, client.shared.options()).await?;
         client.shared.give_back(0, conn);
         Ok(client)
     }
@@ -300,49 +240,24 @@ impl AsyncClient {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut slots: Vec<Slot> = Vec::new();
-        for server in servers {
-            let server = server.into();
-            if !slots.iter().any(|s| s.server == server) {
-                slots.push(Slot {
-                    server,
-                    idle: Mutex::default(),
-                });
-            }
-        }
-        if slots.is_empty() {
-            return Err(Error::no_servers());
-        }
         Ok(AsyncClient {
-            shared: Arc::new(Shared { slots, options }),
+            shared: Arc::new(Pool::new(servers, options)?),
         })
     }
 
     /// The servers, in the order given (repeats removed).
     pub fn servers(&self) -> impl ExactSizeIterator<Item = &str> {
-        self.shared.slots.iter().map(|s| s.server.as_str())
+        self.shared.servers()
     }
 
     /// The options every connection is opened with.
     pub fn options(&self) -> &Options {
-        &self.shared.options
+        self.shared.options()
     }
 
-    /// The server that owns `key` (see [`pick_server`]).
+    /// The server that owns `key` (see [`pick_server`](super::pick_server)).
     pub fn server_for(&self, key: &str) -> &str {
-        &self.shared.slots[self.slot_for(key)].server
-    }
-
-    fn slot_for(&self, key: &str) -> usize {
-        let servers: Vec<&str> = self.servers().collect();
-        pick_server(&servers, key).unwrap_or(0)
-    }
-
-    fn check_key(&self, key: &str) -> Result<usize, Error> {
-        let slot = self.slot_for(key);
-        validate_key(key)
-            .map_err(|e| Error::new(ErrorKind::InvalidKey(e), &self.shared.slots[slot].server))?;
-        Ok(slot)
+        self.shared.server(self.shared.slot_for(key))
     }
 
     /// Takes the lock on `key`, waiting up to `timeout`, with the original
@@ -355,7 +270,7 @@ impl AsyncClient {
     /// [`ErrorKind::Timeout`] when the lock stayed held for the whole
     /// timeout; the rest as [`Connection::lock`](super::Connection::lock).
     pub async fn lock(&self, key: &str, timeout: Duration) -> Result<AsyncLockGuard, Error> {
-        let slot = self.check_key(key)?;
+        let slot = self.shared.check_key(key)?;
         let timeout_ms = proto::timeout_to_ms(timeout);
         self.take_lock(slot, key, Command::Lock { key, timeout_ms })
             .await
@@ -368,11 +283,7 @@ impl AsyncClient {
     ///
     /// As [`AsyncClient::lock`], except that a held lock is `Ok(None)`.
     pub async fn try_lock(&self, key: &str) -> Result<Option<AsyncLockGuard>, Error> {
-        match self.lock(key, Duration::ZERO).await {
-            Ok(guard) => Ok(Some(guard)),
-            Err(e) if e.is_timeout() => Ok(None),
-            Err(e) => Err(e),
-        }
+        held_elsewhere_is_none(self.lock(key, Duration::ZERO).await)
     }
 
     /// Takes one of the `limit` slots of semaphore `key` (1: the exclusive
@@ -388,13 +299,8 @@ impl AsyncClient {
         timeout: Duration,
         limit: u32,
     ) -> Result<AsyncLockGuard, Error> {
-        let slot = self.check_key(key)?;
-        proto::validate_limit(limit).map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidArgument(e),
-                &self.shared.slots[slot].server,
-            )
-        })?;
+        let slot = self.shared.check_key(key)?;
+        self.shared.check_limit(slot, limit)?;
         let timeout_ms = proto::timeout_to_ms(timeout);
         let command = Command::Acquire {
             key,
@@ -411,22 +317,9 @@ impl AsyncClient {
         command: Command<'_>,
     ) -> Result<AsyncLockGuard, Error> {
         let mut conn = self.shared.take(slot).await?;
-        match conn.call(command).await {
-            Ok(outcome) => Ok(AsyncLockGuard {
-                shared: self.shared.clone(),
-                slot,
-                conn: Some(conn),
-                key: key.to_owned(),
-                token: match outcome {
-                    Outcome::Token(t) => Some(t),
-                    _ => None,
-                },
-            }),
-            Err(e) => {
-                self.shared.give_back(slot, conn);
-                Err(e)
-            }
-        }
+        let granted = conn.call(command).await.map(|outcome| outcome.token());
+        let held = self.shared.grant(slot, key, conn, granted)?;
+        Ok(AsyncLockGuard { held })
     }
 
     /// The state of `key` on its server (`info`, protocol version 2).
@@ -435,11 +328,11 @@ impl AsyncClient {
     ///
     /// As [`Connection::info`](super::Connection::info).
     pub async fn info(&self, key: &str) -> Result<Info, Error> {
-        let slot = self.check_key(key)?;
-        match self.shared.call(slot, Command::Info { key }).await? {
-            Outcome::Info(info) => Ok(info),
-            _ => unreachable!("interpret gives info an Info"),
-        }
+        let slot = self.shared.check_key(key)?;
+        self.shared
+            .call(slot, Command::Info { key })
+            .await
+            .map(Outcome::into_info)
     }
 
     /// Closes every connection holding `key` on its server (`evict`,
@@ -449,25 +342,25 @@ impl AsyncClient {
     ///
     /// As [`Connection::evict`](super::Connection::evict).
     pub async fn evict(&self, key: &str) -> Result<u64, Error> {
-        let slot = self.check_key(key)?;
-        match self.shared.call(slot, Command::Evict { key }).await? {
-            Outcome::Evicted(n) => Ok(n),
-            _ => unreachable!("interpret gives evict a count"),
-        }
+        let slot = self.shared.check_key(key)?;
+        self.shared
+            .call(slot, Command::Evict { key })
+            .await
+            .map(Outcome::into_evicted)
     }
 
     /// The counters of every server (`stats`, protocol version 2), in the
     /// order of [`AsyncClient::servers`], one result each; the servers are
     /// asked one after the other.
     pub async fn stats(&self) -> Vec<(String, Result<Stats, Error>)> {
-        let mut out = Vec::with_capacity(self.shared.slots.len());
-        for slot in 0..self.shared.slots.len() {
-            let result = match self.shared.call(slot, Command::Stats).await {
-                Ok(Outcome::Stats(stats)) => Ok(stats),
-                Ok(_) => unreachable!("interpret gives stats a Stats"),
-                Err(e) => Err(e),
-            };
-            out.push((self.shared.slots[slot].server.clone(), result));
+        let mut out = Vec::with_capacity(self.shared.slot_count());
+        for slot in 0..self.shared.slot_count() {
+            let result = self
+                .shared
+                .call(slot, Command::Stats)
+                .await
+                .map(Outcome::into_stats);
+            out.push((self.shared.server(slot).to_owned(), result));
         }
         out
     }
@@ -482,40 +375,31 @@ impl AsyncClient {
 /// spawns a task.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct AsyncLockGuard {
-    shared: Arc<Shared>,
-    slot: usize,
-    /// INVARIANT: `Some` until `unlock` takes it.
-    conn: Option<AsyncConnection>,
-    key: String,
-    token: Option<u64>,
+    held: Held<AsyncConnection>,
 }
 
 impl fmt::Debug for AsyncLockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AsyncLockGuard")
-            .field("key", &self.key)
-            .field("server", &self.server())
-            .field("token", &self.token)
-            .finish()
+        self.held.fmt_guard("AsyncLockGuard", f)
     }
 }
 
 impl AsyncLockGuard {
     /// The locked key.
     pub fn key(&self) -> &str {
-        &self.key
+        self.held.key()
     }
 
     /// The server holding the lock.
     pub fn server(&self) -> &str {
-        &self.shared.slots[self.slot].server
+        self.held.server()
     }
 
     /// The fencing token of this grant (see
     /// [`LockGuard::token`](super::LockGuard::token)): `Some` for guards
     /// from [`AsyncClient::acquire`], `None` from `lock` and `try_lock`.
     pub fn token(&self) -> Option<u64> {
-        self.token
+        self.held.token()
     }
 
     /// Releases the lock now, reports how that went, and keeps the
@@ -530,12 +414,13 @@ impl AsyncLockGuard {
     /// [`ErrorReply::NotLocked`] or [`ErrorReply::NotOwner`] when the
     /// daemon no longer counts this connection as a holder.
     pub async fn unlock(mut self) -> Result<(), Error> {
-        let mut conn = self
-            .conn
-            .take()
-            .expect("a guard keeps its connection until unlock");
-        let result = conn.call(Command::Unlock { key: &self.key }).await;
-        self.shared.give_back(self.slot, conn);
+        let mut conn = self.held.take_conn();
+        let result = conn
+            .call(Command::Unlock {
+                key: self.held.key(),
+            })
+            .await;
+        self.held.give_back(conn);
         result.map(|_| ())
     }
 }

@@ -4,12 +4,13 @@
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::options::set_keepalive;
-use super::proto::{self, Command, Info, MAX_REPLY_BYTES, Outcome, Refusal, Stats};
-use super::{Error, ErrorKind, Options, PING_KEY, pick_server, validate_key};
+use super::pool::{Held, Pool, Pooled, held_elsewhere_is_none};
+use super::proto::{self, Command, Info, MAX_REPLY_BYTES, Outcome, Stats};
+use super::{Error, ErrorKind, Options, PING_KEY, validate_key};
 use crate::wire::ErrorReply;
 
 /// One TCP connection to one daemon: the protocol, no guards.
@@ -75,12 +76,7 @@ impl Connection {
                 Err(e) => last_err = Some(e),
             }
         }
-        Err(io(last_err.unwrap_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                "the server name resolved to no address",
-            )
-        })))
+        Err(proto::connect_error(server, last_err))
     }
 
     fn from_stream(server: &str, stream: TcpStream, options: &Options) -> io::Result<Self> {
@@ -165,14 +161,12 @@ impl Connection {
         proto::validate_limit(limit)
             .map_err(|e| Error::new(ErrorKind::InvalidArgument(e), &self.server))?;
         let timeout_ms = proto::timeout_to_ms(timeout);
-        match self.call(Command::Acquire {
+        self.call(Command::Acquire {
             key,
             timeout_ms,
             limit,
-        })? {
-            Outcome::Token(t) => Ok(t),
-            _ => unreachable!("interpret gives acquire a token"),
-        }
+        })
+        .map(Outcome::into_token)
     }
 
     /// Sends `unlock <key>`.
@@ -196,10 +190,7 @@ impl Connection {
     /// protocol version 2 closes the connection).
     pub fn info(&mut self, key: &str) -> Result<Info, Error> {
         self.check_key(key)?;
-        match self.call(Command::Info { key })? {
-            Outcome::Info(info) => Ok(info),
-            _ => unreachable!("interpret gives info an Info"),
-        }
+        self.call(Command::Info { key }).map(Outcome::into_info)
     }
 
     /// Sends `stats` (protocol version 2): the daemon's counters.
@@ -210,10 +201,7 @@ impl Connection {
     /// the connection); [`ErrorKind::UnexpectedReply`] when a documented
     /// field is missing.
     pub fn stats(&mut self) -> Result<Stats, Error> {
-        match self.call(Command::Stats)? {
-            Outcome::Stats(stats) => Ok(stats),
-            _ => unreachable!("interpret gives stats a Stats"),
-        }
+        self.call(Command::Stats).map(Outcome::into_stats)
     }
 
     /// Sends `name <label>` (protocol version 2): labels this connection
@@ -256,10 +244,7 @@ impl Connection {
     /// comes from loopback; [`ErrorKind::InvalidKey`]; [`ErrorKind::Io`].
     pub fn evict(&mut self, key: &str) -> Result<u64, Error> {
         self.check_key(key)?;
-        match self.call(Command::Evict { key })? {
-            Outcome::Evicted(n) => Ok(n),
-            _ => unreachable!("interpret gives evict a count"),
-        }
+        self.call(Command::Evict { key }).map(Outcome::into_evicted)
     }
 
     /// Measures one round trip by unlocking [`PING_KEY`], which changes
@@ -284,46 +269,18 @@ impl Connection {
         validate_key(key).map_err(|e| Error::new(ErrorKind::InvalidKey(e), &self.server))
     }
 
-    /// Whether this idle connection can carry a new command: not broken,
-    /// nothing unread, and the daemon has not closed it (a non-blocking
-    /// peek would block).
-    fn is_reusable(&self) -> bool {
-        if self.broken || !self.reader.buffer().is_empty() {
-            return false;
-        }
-        let stream = self.reader.get_ref();
-        if stream.set_nonblocking(true).is_err() {
-            return false;
-        }
-        let peeked = stream.peek(&mut [0u8; 1]);
-        let restored = stream.set_nonblocking(false).is_ok();
-        restored && matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-    }
-
     /// Sends one command line and interprets one reply line.
     fn call(&mut self, command: Command<'_>) -> Result<Outcome, Error> {
         if self.broken {
-            return Err(Error::io(
-                &self.server,
-                io::ErrorKind::NotConnected,
-                "the connection was closed after an earlier error",
-            ));
+            return Err(proto::closed_error(&self.server));
         }
         let reply_timeout = command.reply_timeout(self.io_timeout);
-        let line = match self.send_and_receive(&command.encode(), reply_timeout) {
-            Ok(line) => line,
-            Err(e) => {
-                self.break_connection();
-                let e = command.io_error(&e);
-                return Err(Error::new(ErrorKind::Io(e), &self.server));
-            }
-        };
-        proto::interpret(&command, &line).map_err(|refusal| {
-            if refusal.closes() {
-                self.break_connection();
-            }
-            Error::new(refusal_kind(refusal), &self.server)
-        })
+        let exchanged = self.send_and_receive(&command.encode(), reply_timeout);
+        let (result, closes) = proto::settle(&command, &self.server, exchanged);
+        if closes {
+            self.break_connection();
+        }
+        result
     }
 
     fn send_and_receive(
@@ -348,18 +305,7 @@ impl Connection {
                 ),
                 _ => e,
             })?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ));
-        }
-        if !line.ends_with(b"\n") && n < MAX_REPLY_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection in the middle of a reply",
-            ));
-        }
+        proto::check_reply_end(&line, n)?;
         Ok(line)
     }
 
@@ -369,62 +315,34 @@ impl Connection {
     }
 }
 
-/// The error for a reply that is not the command's outcome.
-pub(crate) fn refusal_kind(refusal: Refusal) -> ErrorKind {
-    match refusal {
-        Refusal::Timeout => ErrorKind::Timeout,
-        Refusal::Rejected(e) => ErrorKind::Rejected(e),
-        Refusal::Unknown(m) => ErrorKind::Server(m),
-        Refusal::Unexpected(line) => ErrorKind::UnexpectedReply(line),
+impl Pooled for Connection {
+    fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Also asks the kernel whether the daemon closed the socket: a
+    /// non-blocking peek would block.
+    fn is_reusable(&self) -> bool {
+        if self.broken || !self.reader.buffer().is_empty() {
+            return false;
+        }
+        let stream = self.reader.get_ref();
+        if stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let peeked = stream.peek(&mut [0u8; 1]);
+        let restored = stream.set_nonblocking(false).is_ok();
+        restored && matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
-/// A server of a [`Client`] and its idle connections.
-struct Slot {
-    server: String,
-    /// INVARIANT: every connection here holds no lock and has no request
-    /// in flight.
-    idle: Mutex<Vec<Connection>>,
-}
-
-impl Slot {
-    /// The idle list. A panic while it was held cannot leave it
-    /// inconsistent (only `Vec` pushes and pops run under it), so a
-    /// poisoned mutex is used as is.
-    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-struct Shared {
-    slots: Vec<Slot>,
-    options: Options,
-}
-
-impl Shared {
+impl Pool<Connection> {
     /// An idle connection to the slot's server that still works, or a new
     /// one.
     fn take(&self, slot: usize) -> Result<Connection, Error> {
-        let slot = &self.slots[slot];
-        loop {
-            let Some(conn) = slot.idle().pop() else {
-                break;
-            };
-            if conn.is_reusable() {
-                return Ok(conn);
-            }
-        }
-        Connection::connect(&slot.server, &self.options)
-    }
-
-    /// Keeps a connection for reuse if it is sound and there is room.
-    fn give_back(&self, slot: usize, conn: Connection) {
-        if conn.is_broken() {
-            return;
-        }
-        let mut idle = self.slots[slot].idle();
-        if idle.len() < self.options.max_idle_per_server {
-            idle.push(conn);
+        match self.take_idle(slot) {
+            Some(conn) => Ok(conn),
+            None => Connection::connect(self.server(slot), self.options()),
         }
     }
 
@@ -466,15 +384,12 @@ impl Shared {
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
+    shared: Arc<Pool<Connection>>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("servers", &self.servers().collect::<Vec<_>>())
-            .field("options", &self.shared.options)
-            .finish()
+        self.shared.fmt_client("Client", f)
     }
 }
 
@@ -496,7 +411,7 @@ impl Client {
     /// As [`Connection::connect`].
     pub fn connect_with(server: &str, options: Options) -> Result<Client, Error> {
         let client = Client::with_options([server], options)?;
-        let conn = Connection::connect(server, &client.shared.options)?;
+        let conn = Connection::connect(server, client.shared.options())?;
         client.shared.give_back(0, conn);
         Ok(client)
     }
@@ -526,49 +441,24 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut slots: Vec<Slot> = Vec::new();
-        for server in servers {
-            let server = server.into();
-            if !slots.iter().any(|s| s.server == server) {
-                slots.push(Slot {
-                    server,
-                    idle: Mutex::default(),
-                });
-            }
-        }
-        if slots.is_empty() {
-            return Err(Error::no_servers());
-        }
         Ok(Client {
-            shared: Arc::new(Shared { slots, options }),
+            shared: Arc::new(Pool::new(servers, options)?),
         })
     }
 
     /// The servers, in the order given (repeats removed).
     pub fn servers(&self) -> impl ExactSizeIterator<Item = &str> {
-        self.shared.slots.iter().map(|s| s.server.as_str())
+        self.shared.servers()
     }
 
     /// The options every connection is opened with.
     pub fn options(&self) -> &Options {
-        &self.shared.options
+        self.shared.options()
     }
 
-    /// The server that owns `key` (see [`pick_server`]).
+    /// The server that owns `key` (see [`pick_server`](super::pick_server)).
     pub fn server_for(&self, key: &str) -> &str {
-        &self.shared.slots[self.slot_for(key)].server
-    }
-
-    fn slot_for(&self, key: &str) -> usize {
-        let servers: Vec<&str> = self.servers().collect();
-        pick_server(&servers, key).unwrap_or(0)
-    }
-
-    fn check_key(&self, key: &str) -> Result<usize, Error> {
-        let slot = self.slot_for(key);
-        validate_key(key)
-            .map_err(|e| Error::new(ErrorKind::InvalidKey(e), &self.shared.slots[slot].server))?;
-        Ok(slot)
+        self.shared.server(self.shared.slot_for(key))
     }
 
     /// Takes the lock on `key`, waiting up to `timeout` for it, with the
@@ -583,7 +473,7 @@ impl Client {
     /// held for the whole timeout. An invalid key fails with
     /// [`ErrorKind::InvalidKey`] before anything is sent (or connected).
     pub fn lock(&self, key: &str, timeout: Duration) -> Result<LockGuard, Error> {
-        let slot = self.check_key(key)?;
+        let slot = self.shared.check_key(key)?;
         self.take_lock(slot, key, |conn| conn.lock(key, timeout).map(|()| None))
     }
 
@@ -604,11 +494,7 @@ impl Client {
     ///
     /// As [`Client::lock`], except that a held lock is `Ok(None)`.
     pub fn try_lock(&self, key: &str) -> Result<Option<LockGuard>, Error> {
-        match self.lock(key, Duration::ZERO) {
-            Ok(guard) => Ok(Some(guard)),
-            Err(e) if e.is_timeout() => Ok(None),
-            Err(e) => Err(e),
-        }
+        held_elsewhere_is_none(self.lock(key, Duration::ZERO))
     }
 
     /// Takes one of the `limit` slots of semaphore `key` (1: the exclusive
@@ -619,7 +505,7 @@ impl Client {
     ///
     /// As [`Connection::acquire`].
     pub fn acquire(&self, key: &str, timeout: Duration, limit: u32) -> Result<LockGuard, Error> {
-        let slot = self.check_key(key)?;
+        let slot = self.shared.check_key(key)?;
         self.take_lock(slot, key, |conn| {
             conn.acquire(key, timeout, limit).map(Some)
         })
@@ -632,19 +518,9 @@ impl Client {
         f: impl FnOnce(&mut Connection) -> Result<Option<u64>, Error>,
     ) -> Result<LockGuard, Error> {
         let mut conn = self.shared.take(slot)?;
-        match f(&mut conn) {
-            Ok(token) => Ok(LockGuard {
-                shared: self.shared.clone(),
-                slot,
-                conn: Some(conn),
-                key: key.to_owned(),
-                token,
-            }),
-            Err(e) => {
-                self.shared.give_back(slot, conn);
-                Err(e)
-            }
-        }
+        let granted = f(&mut conn);
+        let held = self.shared.grant(slot, key, conn, granted)?;
+        Ok(LockGuard { held })
     }
 
     /// The state of `key` on its server (`info`, protocol version 2).
@@ -653,7 +529,7 @@ impl Client {
     ///
     /// As [`Connection::info`].
     pub fn info(&self, key: &str) -> Result<Info, Error> {
-        let slot = self.check_key(key)?;
+        let slot = self.shared.check_key(key)?;
         self.shared.with_connection(slot, |c| c.info(key))
     }
 
@@ -664,7 +540,7 @@ impl Client {
     ///
     /// As [`Connection::evict`].
     pub fn evict(&self, key: &str) -> Result<u64, Error> {
-        let slot = self.check_key(key)?;
+        let slot = self.shared.check_key(key)?;
         self.shared.with_connection(slot, |c| c.evict(key))
     }
 
@@ -672,10 +548,10 @@ impl Client {
     /// order of [`Client::servers`], one result each: a server that fails
     /// does not hide the others.
     pub fn stats(&self) -> Vec<(String, Result<Stats, Error>)> {
-        (0..self.shared.slots.len())
+        (0..self.shared.slot_count())
             .map(|slot| {
                 let result = self.shared.with_connection(slot, Connection::stats);
-                (self.shared.slots[slot].server.clone(), result)
+                (self.shared.server(slot).to_owned(), result)
             })
             .collect()
     }
@@ -689,33 +565,24 @@ impl Client {
 /// once; that never blocks and never fails.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
-    shared: Arc<Shared>,
-    slot: usize,
-    /// INVARIANT: `Some` until `unlock` takes it.
-    conn: Option<Connection>,
-    key: String,
-    token: Option<u64>,
+    held: Held<Connection>,
 }
 
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockGuard")
-            .field("key", &self.key)
-            .field("server", &self.server())
-            .field("token", &self.token)
-            .finish()
+        self.held.fmt_guard("LockGuard", f)
     }
 }
 
 impl LockGuard {
     /// The locked key.
     pub fn key(&self) -> &str {
-        &self.key
+        self.held.key()
     }
 
     /// The server holding the lock.
     pub fn server(&self) -> &str {
-        &self.shared.slots[self.slot].server
+        self.held.server()
     }
 
     /// The fencing token of this grant: strictly larger than that of every
@@ -725,15 +592,13 @@ impl LockGuard {
     /// [`Client::acquire`]; `None` from [`Client::lock`] and
     /// [`Client::try_lock`], whose original `l locked` reply carries none.
     pub fn token(&self) -> Option<u64> {
-        self.token
+        self.held.token()
     }
 
     /// The connection holding the lock, to watch it (see
     /// [`Connection::tcp_stream`]).
     pub fn connection(&self) -> &Connection {
-        self.conn
-            .as_ref()
-            .expect("a guard keeps its connection until unlock")
+        self.held.conn()
     }
 
     /// Releases the lock now, reports how that went, and keeps the
@@ -747,19 +612,16 @@ impl LockGuard {
     /// [`ErrorReply::NotLocked`] or [`ErrorReply::NotOwner`] when the
     /// daemon no longer counts this connection as a holder.
     pub fn unlock(mut self) -> Result<(), Error> {
-        let mut conn = self
-            .conn
-            .take()
-            .expect("a guard keeps its connection until unlock");
-        let result = conn.unlock(&self.key);
-        self.shared.give_back(self.slot, conn);
+        let mut conn = self.held.take_conn();
+        let result = conn.unlock(self.held.key());
+        self.held.give_back(conn);
         result
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(conn) = self.held.leave() {
             let _ = conn.tcp_stream().shutdown(Shutdown::Both);
         }
     }

@@ -3,9 +3,10 @@
 //! async client both speak through this module, so they cannot disagree.
 
 use std::fmt;
+use std::io;
 use std::time::Duration;
 
-use super::{ArgumentError, KeyError};
+use super::{ArgumentError, Error, ErrorKind, KeyError};
 use crate::wire::{self, ErrorReply};
 
 /// Longest key this client sends: the daemon's default line limit
@@ -288,6 +289,50 @@ pub(crate) enum Outcome {
     Evicted(u64),
 }
 
+impl Outcome {
+    /// The fencing token of an `acquire` grant; `None` for a `lock` grant
+    /// (the original `l locked` reply carries none).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn token(&self) -> Option<u64> {
+        match self {
+            Outcome::Token(t) => Some(*t),
+            _ => None,
+        }
+    }
+
+    /// The outcome of `acquire`.
+    pub(crate) fn into_token(self) -> u64 {
+        match self {
+            Outcome::Token(t) => t,
+            _ => unreachable!("interpret gives acquire a token"),
+        }
+    }
+
+    /// The outcome of `info`.
+    pub(crate) fn into_info(self) -> Info {
+        match self {
+            Outcome::Info(info) => info,
+            _ => unreachable!("interpret gives info an Info"),
+        }
+    }
+
+    /// The outcome of `stats`.
+    pub(crate) fn into_stats(self) -> Stats {
+        match self {
+            Outcome::Stats(stats) => stats,
+            _ => unreachable!("interpret gives stats a Stats"),
+        }
+    }
+
+    /// The outcome of `evict`: how many connections it closed.
+    pub(crate) fn into_evicted(self) -> u64 {
+        match self {
+            Outcome::Evicted(n) => n,
+            _ => unreachable!("interpret gives evict a count"),
+        }
+    }
+}
+
 /// Why a command did not produce its outcome.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -330,6 +375,82 @@ pub(crate) fn interpret(command: &Command<'_>, line: &[u8]) -> Result<Outcome, R
         (Command::Evict { .. }, Reply::Evicted(n)) => Ok(Outcome::Evicted(n)),
         _ => Err(unexpected()),
     }
+}
+
+/// The error for a reply that is not the command's outcome.
+pub(crate) fn refusal_kind(refusal: Refusal) -> ErrorKind {
+    match refusal {
+        Refusal::Timeout => ErrorKind::Timeout,
+        Refusal::Rejected(e) => ErrorKind::Rejected(e),
+        Refusal::Unknown(m) => ErrorKind::Server(m),
+        Refusal::Unexpected(line) => ErrorKind::UnexpectedReply(line),
+    }
+}
+
+/// The error of a call on a connection that an earlier error closed.
+pub(crate) fn closed_error(server: &str) -> Error {
+    Error::io(
+        server,
+        io::ErrorKind::NotConnected,
+        "the connection was closed after an earlier error",
+    )
+}
+
+/// What one round trip of `command` to `server` came to: `exchanged` is
+/// the reply line or the I/O error that stopped it. The flag says whether
+/// the connection must now be closed (after an I/O error, a reply that is
+/// not an answer to the command, or a refusal after which the daemon
+/// closes the connection).
+pub(crate) fn settle(
+    command: &Command<'_>,
+    server: &str,
+    exchanged: io::Result<Vec<u8>>,
+) -> (Result<Outcome, Error>, bool) {
+    match exchanged {
+        Err(e) => {
+            let e = command.io_error(&e);
+            (Err(Error::new(ErrorKind::Io(e), server)), true)
+        }
+        Ok(line) => match interpret(command, &line) {
+            Ok(outcome) => (Ok(outcome), false),
+            Err(refusal) => {
+                let closes = refusal.closes();
+                (Err(Error::new(refusal_kind(refusal), server)), closes)
+            }
+        },
+    }
+}
+
+/// Checks the end of a reply line read with a limit of
+/// [`MAX_REPLY_BYTES`]: `n` bytes were read into `line`. An empty read or
+/// a line cut short by the end of the stream is `UnexpectedEof`; a line
+/// cut at the limit is left for [`interpret`] to reject.
+pub(crate) fn check_reply_end(line: &[u8], n: usize) -> io::Result<()> {
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the server closed the connection",
+        ));
+    }
+    if !line.ends_with(b"\n") && n < MAX_REPLY_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the server closed the connection in the middle of a reply",
+        ));
+    }
+    Ok(())
+}
+
+/// The error of a connect that reached no address of `server`: the last
+/// address's error, or `NotFound` when the name resolved to none.
+pub(crate) fn connect_error(server: &str, last_err: Option<io::Error>) -> Error {
+    let e = last_err.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "the server name resolved to no address",
+        )
+    });
+    Error::new(ErrorKind::Io(e), server)
 }
 
 fn parse_reply(line: &[u8]) -> Option<Reply> {

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use dreadlock::client::Options;
+
 /// Generous bound for anything that should happen "at once".
 pub const PROMPT: Duration = Duration::from_secs(10);
 
@@ -148,4 +150,39 @@ pub fn stats_reply(token: u64) -> &'static str {
          auth_failures=0 accepted=3 rejected=0 token={token} commands=9 brand_new_field=1\r\n"
     );
     Box::leak(line.into_boxed_str())
+}
+
+/// The late-reply case, the same for the blocking and the async client:
+/// connection 0 grants `a` and then unlocks it, connection 1 never
+/// answers (its `lock b` runs into the options' 1 s `io_timeout`).
+pub fn late_reply() -> (Fake, Options) {
+    let fake = Fake::start(vec![
+        vec![Some("l locked\r\n"), Some("u unlocked\r\n")],
+        vec![None],
+    ]);
+    let options = Options {
+        io_timeout: Some(Duration::from_secs(1)),
+        ..Options::default()
+    };
+    (fake, options)
+}
+
+/// Two servers of one connection each, for the sharding cases: each
+/// answers `info` (a free key), then the replies in `then`, then `stats`
+/// with token `tokens[i]`.
+pub fn two_servers(then: &[&'static str], tokens: [u64; 2]) -> [Fake; 2] {
+    tokens.map(|token| {
+        let mut script = vec![Some("i limit=0 holders=0 waiters=0\r\n")];
+        script.extend(then.iter().map(|&r| Some(r)));
+        script.push(Some(stats_reply(token)));
+        Fake::start(vec![script])
+    })
+}
+
+/// The first of `k0`, `k1`, ... that `server_for` puts on `server`.
+pub fn key_on<'a>(server_for: impl Fn(&str) -> &'a str, server: &str) -> String {
+    (0..)
+        .map(|n| format!("k{n}"))
+        .find(|k| server_for(k) == server)
+        .unwrap()
 }
