@@ -79,8 +79,9 @@ impl TokenProto {
         .expect("write to Vec");
     }
 
-    /// The token of a grant line, or why the line is not a grant.
-    pub fn parse_grant(self, line: &[u8]) -> Result<Grant, String> {
+    /// The token of a grant line (borrowed from it), or why the line is not
+    /// a grant.
+    pub fn parse_grant(self, line: &[u8]) -> Result<Grant<'_>, String> {
         let bad = || format!("expected a grant, got {}", show(line));
         match self {
             TokenProto::Dreadlock => {
@@ -88,18 +89,23 @@ impl TokenProto {
                     .strip_prefix(b"a ")
                     .and_then(|l| l.strip_suffix(b"\r\n"))
                     .ok_or_else(bad)?;
-                if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit)
-                {
+                if digits.is_empty() || digits.len() > 20 {
                     return Err(bad());
                 }
-                std::str::from_utf8(digits)
-                    .ok()
-                    .and_then(|d| d.parse::<u64>().ok())
-                    .map(|t| Grant {
-                        bytes: digits.to_vec(),
-                        fencing: Some(t),
-                    })
-                    .ok_or_else(bad)
+                let mut value = 0u64;
+                for &d in digits {
+                    if !d.is_ascii_digit() {
+                        return Err(bad());
+                    }
+                    value = value
+                        .checked_mul(10)
+                        .and_then(|v| v.checked_add(u64::from(d - b'0')))
+                        .ok_or_else(bad)?;
+                }
+                Ok(Grant {
+                    bytes: digits,
+                    fencing: Some(value),
+                })
             }
             TokenProto::Dflockd => {
                 let rest = line
@@ -118,7 +124,7 @@ impl TokenProto {
                     return Err(bad());
                 }
                 Ok(Grant {
-                    bytes: token.to_vec(),
+                    bytes: token,
                     fencing: None,
                 })
             }
@@ -136,9 +142,9 @@ impl TokenProto {
 
 /// A grant's token: its bytes (echoed in a dflockd release) and, for
 /// dreadlock, its value as a fencing token.
-#[derive(Clone, Debug, Default)]
-pub struct Grant {
-    pub bytes: Vec<u8>,
+#[derive(Clone, Copy, Debug)]
+pub struct Grant<'a> {
+    pub bytes: &'a [u8],
     pub fencing: Option<u64>,
 }
 
@@ -218,7 +224,9 @@ pub fn strict(
     let mut ended = false;
     let mut events = Events::with_capacity(1024);
     let mut scratch = vec![0u8; SCRATCH];
-    let mut lines: Vec<Vec<u8>> = Vec::new();
+    // This event's reply lines, back to back, and where each ends.
+    let mut lines: Vec<u8> = Vec::new();
+    let mut ends: Vec<usize> = Vec::new();
     let mut release: Vec<usize> = Vec::new();
     loop {
         let now = Instant::now();
@@ -259,8 +267,10 @@ pub fn strict(
                 continue;
             }
             lines.clear();
+            ends.clear();
             let read = slots[i].conn.read_lines(&mut scratch, |l| {
-                lines.push(l.to_vec());
+                lines.extend_from_slice(l);
+                ends.push(lines.len());
                 Ok(())
             });
             if let Err(e) = read {
@@ -271,7 +281,10 @@ pub fn strict(
                 return Ok(out);
             }
             let t = Instant::now();
-            for line in &lines {
+            let mut from = 0;
+            for &to in &ends {
+                let line = &lines[from..to];
+                from = to;
                 let s = &mut slots[i];
                 let key = s.key;
                 match s.st {
@@ -312,7 +325,8 @@ pub fn strict(
                             }
                             last_token[key] = Some(f);
                         }
-                        s.token = token.bytes;
+                        s.token.clear();
+                        s.token.extend_from_slice(token.bytes);
                         if t >= t0 && t <= end {
                             grant_lat.record(t.duration_since(s.sent).as_nanos() as u64);
                         }
@@ -321,7 +335,7 @@ pub fn strict(
                         release.push(i);
                         s.st = St::Holding;
                     }
-                    St::WaitRelease if line.as_slice() == proto.released() => {
+                    St::WaitRelease if line == proto.released() => {
                         if t >= t0 && t <= end {
                             s.rounds += 1;
                             round_lat.record(t.duration_since(s.sent).as_nanos() as u64);
