@@ -180,19 +180,38 @@ pub struct ShortLine {
     len: u8,
 }
 
+/// `"00" "01" ... "99"`: the decimal digits of every number below 100.
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
 impl ShortLine {
     /// `prefix`, `n` in decimal, CRLF. `prefix` is at most 10 bytes.
     fn new(prefix: &[u8], mut n: u64) -> Self {
         debug_assert!(prefix.len() <= 10);
+        // Two digits per division (a fencing token has 19).
         let mut digits = [0u8; 20];
         let mut at = digits.len();
-        loop {
+        while n >= 100 {
+            let pair = 2 * (n % 100) as usize;
+            n /= 100;
+            at -= 2;
+            digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        }
+        if n >= 10 {
+            let pair = 2 * n as usize;
+            at -= 2;
+            digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        } else {
             at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
+            digits[at] = b'0' + n as u8;
         }
         let mut line = ShortLine {
             bytes: [0; 32],
@@ -1561,7 +1580,20 @@ mod tests {
 
     #[test]
     fn decimal_encoding() {
-        for n in [0, 1, 9, 10, 1234567890, u64::MAX] {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            1234567890,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
             assert_eq!(
                 Reply::acquired(n).to_bytes(),
                 format!("a {n}\r\n").into_bytes()

@@ -523,7 +523,8 @@ impl Parser {
                     }
                 }
             }
-            // Hot path: a whole `lock ` or `unlock ` at the start of a line
+            // Hot path: a whole `lock `, `unlock ` or `acquire ` at the start
+            // of a line
             // skips the word states in one step. Exactly what stepping
             // through them would do: the word (any case) and its space are
             // all valid, and they fit in any line limit (>= 16 bytes).
@@ -585,11 +586,11 @@ impl Parser {
         self.key.capacity()
     }
 
-    /// `lock ` or `unlock ` (the word in any case, then a space) at the
-    /// start of `input`: the verb and the bytes it takes.
+    /// `lock `, `unlock ` or `acquire ` (the word in any case, then a
+    /// space) at the start of `input`: the verb and the bytes it takes.
     #[inline]
     fn hot_word(input: &[u8]) -> Option<(Verb, usize)> {
-        const _: () = assert!(MIN_MAX_LINE_BYTES >= b"unlock ".len());
+        const _: () = assert!(MIN_MAX_LINE_BYTES >= b"acquire ".len());
         match input {
             [a, b, c, d, b' ', ..] if [*a, *b, *c, *d].eq_ignore_ascii_case(b"lock") => {
                 Some((Verb::Lock, 5))
@@ -598,6 +599,11 @@ impl Parser {
                 if [*a, *b, *c, *d, *e, *f].eq_ignore_ascii_case(b"unlock") =>
             {
                 Some((Verb::Unlock, 7))
+            }
+            [a, b, c, d, e, f, g, b' ', ..]
+                if [*a, *b, *c, *d, *e, *f, *g].eq_ignore_ascii_case(b"acquire") =>
+            {
+                Some((Verb::Acquire, 8))
             }
             _ => None,
         }
@@ -1092,6 +1098,9 @@ mod tests {
             case!(b"lock a \r\n" => [], unexpected(b'\r', 7, TimeoutOrSpace)),
             // Version 2: acquire.
             case!(b"acquire a 100\r\n" => [acquire(100, "a", 1)], End::Idle),
+            case!(b"AcQuIrE a 7\r\n" => [acquire(7, "a", 1)], End::Idle),
+            case!(b"acquire  a 7 2\r\n" => [acquire(7, "a", 2)], End::Idle),
+            case!(b"acquirex a 7\r\n" => [], unexpected(b'x', 7, Space)),
             case!(b"ACQUIRE a 100 3\r\n" => [acquire(100, "a", 3)], End::Idle),
             case!(b"AcQuIrE  k9   0   65535   \r\n" => [acquire(0, "k9", 65535)], End::Idle),
             case!(b"acquire a 1 \r\n" => [acquire(1, "a", 1)], End::Idle),
