@@ -1,6 +1,7 @@
 //! `dreadlock-bench`: a loopback load generator for any server speaking the
-//! dreadlock protocol, and for Redis (`SET key 1 NX PX ms` / `DEL key`,
-//! inline commands) for side-by-side figures.
+//! dreadlock protocol, for Redis (`SET key 1 NX PX ms` / `DEL key`, inline
+//! commands) and for dflockd (three-line requests, token-carrying
+//! releases), for side-by-side figures; and the no-logic floor server.
 //!
 //! Single-threaded on its own mio loop, so on a small machine it takes one
 //! core and leaves the other to the server. Every reply is checked byte for
