@@ -8,7 +8,8 @@
 #   A=20 B=40 benches/callgrind.sh target/release/deps/parser-HASH "short keys, whole"
 #
 # Divide by the bench's units per call (core: 50 pairs per call for
-# "lock+unlock", 32 for "pipelined"; parser: 2000 commands).
+# "lock+unlock" and "acquire+unlock", 32 for "pipelined", 1 handoff for
+# "contended"; parser: 2000 commands). Figures: BENCHMARKS.md.
 set -eu
 bin=$1
 filter=$2

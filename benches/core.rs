@@ -53,6 +53,25 @@ fn main() {
         },
     );
 
+    // The same with `acquire` (reply `a <token>`): the version 2 grant.
+    let acq: Vec<Vec<u8>> = (0..conns)
+        .map(|i| format!("acquire key{i} 0\r\nunlock key{i}\r\n").into_bytes())
+        .collect();
+    common::bench(
+        "core: acquire+unlock pair, 50 conns (per pair)",
+        conns as u64,
+        None,
+        || {
+            now_us += 1;
+            for (i, l) in acq.iter().enumerate() {
+                core.handle_bytes(ConnId(i), black_box(l), now_us);
+                while let Some(o) = core.poll_output() {
+                    black_box(o);
+                }
+            }
+        },
+    );
+
     // A contended handoff: conn 0 holds, conn 1 waits with a timeout (a
     // timer is armed and cancelled), 0 unlocks -> 1 granted, 1 unlocks.
     common::bench(

@@ -10,12 +10,14 @@
 //!
 //! # Time
 //!
-//! `now_us` is microseconds on any monotonic clock. Deadlines are whole
-//! milliseconds on the same clock: a `lock` received at `now_us` with
-//! `timeout_ms` gets the deadline `ceil(now_us / 1000) + timeout_ms`, and it
-//! fires only once `floor(now_us / 1000) >= deadline`. So a timeout is never
-//! answered early, and at most one millisecond (plus loop latency) late. The
-//! auth failure delay is a deadline on the same wheel.
+//! `now_us` is microseconds on any monotonic clock, and so are deadlines: a
+//! `lock` received at `now_us` with `timeout_ms` gets the deadline
+//! `now_us + 1000 * timeout_ms`, and it fires at the first `handle_*` call
+//! whose `now_us >= deadline` (the timer wheel ticks in microseconds). So a
+//! timeout is never answered early, and late only by the reactor's wake-up
+//! and loop latency: a burst of timeouts is answered one by one as each
+//! falls due, not in clusters of a coarser tick. The auth failure delay is a
+//! deadline on the same wheel.
 //!
 //! # In-order processing
 //!
@@ -67,7 +69,11 @@ pub const DEFAULT_MAX_KEY_BYTES: usize = 256 << 20;
 /// Timeouts of at least this many milliseconds (about 2.1 years) never fire:
 /// they mean "wait until granted or disconnected" (PROTOCOL.md, rule 7).
 pub const INFINITE_TIMEOUT_MS: u64 = wire::INFINITE_TIMEOUT_MS;
-const _: () = assert!(INFINITE_TIMEOUT_MS == timer::MAX_TIMEOUT_MS - 1);
+// The longest finite timeout, in µs, fits the wheel with its slack to spare.
+const _: () = assert!((INFINITE_TIMEOUT_MS - 1) * US_PER_MS <= timer::MAX_DELAY);
+
+/// Deadlines are in µs, timeouts in ms.
+const US_PER_MS: u64 = 1000;
 
 /// Default delay before a wrong secret is answered `e auth failed` (and the
 /// connection closed): slows down guessing without costing the loop anything
@@ -186,19 +192,38 @@ pub struct ShortLine {
     len: u8,
 }
 
+/// `"00" "01" ... "99"`: the decimal digits of every number below 100.
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
 impl ShortLine {
     /// `prefix`, `n` in decimal, CRLF. `prefix` is at most 10 bytes.
     fn new(prefix: &[u8], mut n: u64) -> Self {
         debug_assert!(prefix.len() <= 10);
+        // Two digits per division (a fencing token has 19).
         let mut digits = [0u8; 20];
         let mut at = digits.len();
-        loop {
+        while n >= 100 {
+            let pair = 2 * (n % 100) as usize;
+            n /= 100;
+            at -= 2;
+            digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        }
+        if n >= 10 {
+            let pair = 2 * n as usize;
+            at -= 2;
+            digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        } else {
             at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
+            digits[at] = b'0' + n as u8;
         }
         let mut line = ShortLine {
             bytes: [0; 32],
@@ -397,7 +422,7 @@ impl Core {
         Core {
             config,
             table,
-            timers: TimerWheel::new(now_us / 1000),
+            timers: TimerWheel::new(now_us),
             conns: Vec::new(),
             open: 0,
             outputs: VecDeque::new(),
@@ -570,7 +595,7 @@ impl Core {
     /// When `handle_timeout` should be called next (µs), if any timer is
     /// pending. May be earlier than the first deadline, never later.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.timers.next_wake_ms().map(|ms| ms.saturating_mul(1000))
+        self.timers.next_wake_tick()
     }
 
     /// Whether the reactor should read more from `conn`: false while the
@@ -659,9 +684,8 @@ impl Core {
                                 st.wait_acquire = acquire;
                                 st.wait_since_us = now_us;
                                 if timeout_ms < INFINITE_TIMEOUT_MS {
-                                    let deadline_ms =
-                                        now_us.div_ceil(1000).saturating_add(timeout_ms);
-                                    st.timer = Some(self.timers.insert(deadline_ms, conn));
+                                    let deadline_us = now_us.saturating_add(timeout_ms * US_PER_MS);
+                                    st.timer = Some(self.timers.insert(deadline_us, conn));
                                 }
                                 return used;
                             }
@@ -695,10 +719,9 @@ impl Core {
                         // input is never run.
                         self.stats.auth_failures += 1;
                         st.auth = AuthState::Failing;
-                        let deadline_ms = now_us
-                            .div_ceil(1000)
-                            .saturating_add(self.config.auth_delay_ms);
-                        st.timer = Some(self.timers.insert(deadline_ms, conn));
+                        let deadline_us = now_us
+                            .saturating_add(self.config.auth_delay_ms.saturating_mul(US_PER_MS));
+                        st.timer = Some(self.timers.insert(deadline_us, conn));
                         return used;
                     }
                 },
@@ -848,9 +871,8 @@ impl Core {
 
     /// Fires due timers: wait timeouts and auth failure delays.
     fn expire(&mut self, now_us: u64) {
-        let now_ms = now_us / 1000;
-        while let Some((_deadline, conn)) = self.timers.poll(now_ms) {
-            debug_assert!(_deadline <= now_ms);
+        while let Some((_deadline, conn)) = self.timers.poll(now_us) {
+            debug_assert!(_deadline <= now_us);
             // The timer is spent: clear it before `wake` so it is not cancelled.
             let failing = match self.conns.get_mut(conn.0) {
                 Some(Some(st)) => {
@@ -1041,19 +1063,42 @@ mod tests {
     fn timeout_never_early_and_try_lock() {
         let mut f = Fixture::new(3);
         f.send(0, "lock a 0\r\n");
-        f.now_us = 500; // mid-millisecond: the deadline rounds up
+        f.now_us = 537; // mid-millisecond: the deadline is 10.537 ms, exactly
         f.send(1, "lock a 10\r\n");
         f.send(2, "lock a 0\r\n");
         assert_eq!(f.out(), vec![r(0, "l locked\r\n"), r(2, "t timeout\r\n")]);
-        f.advance_ms(10); // now = 10.5 ms, deadline 11 ms
+        assert!(f.core.poll_timeout().is_some_and(|t| t <= 10_537));
+        f.advance_ms(9); // 9.537 ms
         assert_eq!(f.out(), vec![]);
-        f.now_us = 10_999;
+        f.now_us = 10_536; // 1 µs before the deadline
         f.core.handle_timeout(f.now_us);
         assert_eq!(f.out(), vec![]);
-        f.now_us = 11_000;
+        f.now_us = 10_537;
         f.core.handle_timeout(f.now_us);
         assert_eq!(f.out(), vec![r(1, "t timeout\r\n")]);
         assert_eq!(f.core.waiters(), 0);
+    }
+
+    /// Deadlines within one millisecond fire one by one, each at its own
+    /// microsecond (they used to be rounded up to the next whole
+    /// millisecond and leave together).
+    #[test]
+    fn timeouts_within_one_millisecond_fire_each_at_its_microsecond() {
+        let mut f = Fixture::new(4);
+        f.send(0, "lock a 0\r\n");
+        for (c, at_us) in [(1, 100), (2, 400), (3, 700)] {
+            f.now_us = at_us;
+            f.send(c, "lock a 5\r\n");
+        }
+        assert_eq!(f.out(), vec![r(0, "l locked\r\n")]);
+        for (c, at_us) in [(1, 5_100), (2, 5_400), (3, 5_700)] {
+            f.now_us = at_us - 1;
+            f.core.handle_timeout(f.now_us);
+            assert_eq!(f.out(), vec![], "before {at_us} us");
+            f.now_us = at_us;
+            f.core.handle_timeout(f.now_us);
+            assert_eq!(f.out(), vec![r(c, "t timeout\r\n")], "at {at_us} us");
+        }
     }
 
     #[test]
@@ -1454,7 +1499,11 @@ mod tests {
         f.send(1, "auth wrong\r\nunlock a\r\n");
         f.send(2, &format!("auth {}\r\n", "r".repeat(257)));
         assert!(!f.core.wants_input(ConnId(1)));
-        assert_eq!(f.core.poll_timeout(), Some(MIN_AUTH_DELAY_MS * MS));
+        assert!(
+            f.core
+                .poll_timeout()
+                .is_some_and(|t| t <= MIN_AUTH_DELAY_MS * MS)
+        );
         f.advance_ms(MIN_AUTH_DELAY_MS - 1);
         f.send(0, "unlock a\r\n");
         f.send(1, "lock a 0\r\n"); // dropped: it is closing
@@ -1565,7 +1614,20 @@ mod tests {
 
     #[test]
     fn decimal_encoding() {
-        for n in [0, 1, 9, 10, 1234567890, u64::MAX] {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            1234567890,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
             assert_eq!(
                 Reply::acquired(n).to_bytes(),
                 format!("a {n}\r\n").into_bytes()

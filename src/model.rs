@@ -18,8 +18,8 @@
 //!   `BTreeMap<key, VecDeque<conn>>` plus per-waiter deadlines and in-order
 //!   per-connection command buffers ([`CoreHarness`]). Every reply of every
 //!   connection must equal the model's, in order; a timeout fires exactly when
-//!   `now_ms >= ceil(arrival_us / 1000) + timeout_ms` at the first input at or
-//!   after that time (never early, never lost); a disconnect releases
+//!   `now_us >= arrival_us + 1000 * timeout_ms`, at the first input at or
+//!   after that microsecond (never early, never lost); a disconnect releases
 //!   everything; `Core::check_invariants` holds after every step.
 //! * [`check_timer`]: inserts, cancels and clock advances on the
 //!   [`TimerWheel`] against a sorted list.
@@ -48,7 +48,7 @@ use crate::parser::{
     Command, DEFAULT_MAX_LINE_BYTES, MIN_MAX_LINE_BYTES, ParseError, Parser, RETAINED_KEY_CAPACITY,
     Step,
 };
-use crate::timer::{MAX_TIMEOUT_MS, TimerId, TimerWheel};
+use crate::timer::{MAX_DELAY, TimerId, TimerWheel};
 use crate::wire::{ErrorReply, MAX_LABEL_BYTES, MAX_LIMIT, MAX_SECRET_BYTES};
 
 // ---------------------------------------------------------------------------
@@ -578,7 +578,7 @@ pub fn check_timer(data: &[u8]) {
     let start_ms: u64 = match b.u8() % 4 {
         0 => 0,
         1 => u64::from(b.u16()),
-        2 => (1 << 36) - u64::from(b.u16()),
+        2 => (1 << 48) - u64::from(b.u16()),
         _ => u64::MAX / 2 + u64::from(b.u16()),
     };
     let mut wheel: TimerWheel<u64> = TimerWheel::new(start_ms);
@@ -603,8 +603,8 @@ pub fn check_timer(data: &[u8]) {
                     0 | 1 => u64::from(arg % 80),
                     2 => u64::from(arg % 5000),
                     3 => u64::from(arg) * 64,
-                    4 => u64::from(arg) << 20,
-                    5 => MAX_TIMEOUT_MS - u64::from(arg % 4),
+                    4 => u64::from(arg) << (20 + u32::from(op & 0x10 != 0) * 16),
+                    5 => MAX_DELAY - u64::from(arg % 4),
                     6 => u64::from(arg) << 16 | u64::from(b.u16()),
                     _ => 0,
                 };
@@ -613,7 +613,7 @@ pub fn check_timer(data: &[u8]) {
                     now.saturating_sub(u64::from(arg % 200))
                 } else {
                     // Within reach of the wheel's (known) time.
-                    now.saturating_add(delay).min(elapsed + MAX_TIMEOUT_MS)
+                    now.saturating_add(delay).min(elapsed + MAX_DELAY)
                 };
                 seq += 1;
                 let id = wheel.insert(deadline_ms, seq);
@@ -653,7 +653,7 @@ pub fn check_timer(data: &[u8]) {
             4..=6 => {
                 let arg = b.u8();
                 now = match op % 8 {
-                    4 => match wheel.next_wake_ms() {
+                    4 => match wheel.next_wake_tick() {
                         Some(w) if arg & 1 == 0 => now.max(w),
                         Some(w) => now.max(w.saturating_sub(1)),
                         None => now + 1,
@@ -687,7 +687,7 @@ pub fn check_timer(data: &[u8]) {
         assert_eq!(wheel.len(), live.len(), "len; {ctx}");
         assert_eq!(wheel.is_empty(), live.is_empty(), "is_empty; {ctx}");
         let earliest = live.values().map(|t| t.deadline_ms).min();
-        match (wheel.next_wake_ms(), earliest) {
+        match (wheel.next_wake_tick(), earliest) {
             (None, None) => {}
             (Some(w), Some(d)) => {
                 assert!(
@@ -707,7 +707,7 @@ pub fn check_timer(data: &[u8]) {
         wheel.check_invariants();
     }
     // Everything fires eventually, none early.
-    now = now.saturating_add(MAX_TIMEOUT_MS + (1 << 37));
+    now = now.saturating_add(MAX_DELAY + (1 << 49));
     while poll_timer(&mut wheel, &mut live, now, "final drain") {}
     assert!(
         live.is_empty() && wheel.is_empty(),
@@ -795,7 +795,7 @@ impl Out {
 #[derive(Clone, Debug)]
 struct Wait {
     key: Vec<u8>,
-    /// `(deadline_ms, seq)` for a finite timeout.
+    /// `(deadline_us, seq)` for a finite timeout.
     deadline: Option<(u64, u64)>,
     /// `acquire` (granted with its token), not `lock`.
     acquire: bool,
@@ -807,7 +807,7 @@ enum ModelAuth {
     #[default]
     Done,
     Required,
-    /// A wrong secret; closed at `(deadline_ms, seq)`.
+    /// A wrong secret; closed at `(deadline_us, seq)`.
     Failing(u64, u64),
 }
 
@@ -888,7 +888,7 @@ pub struct CoreHarness {
     start_us: u64,
     conns: Vec<ModelConn>,
     keys: BTreeMap<Vec<u8>, ModelKey>,
-    /// `(deadline_ms, seq, conn)` of every waiter with a finite timeout and
+    /// `(deadline_us, seq, conn)` of every waiter with a finite timeout and
     /// every connection in its auth failure delay.
     deadlines: BTreeSet<(u64, u64, ConnId)>,
     seq: u64,
@@ -983,9 +983,7 @@ impl CoreHarness {
 
     /// The earliest finite deadline of any waiter (or auth delay), in µs.
     pub fn next_deadline_us(&self) -> Option<u64> {
-        self.deadlines
-            .first()
-            .map(|&(d, _, _)| d.saturating_mul(1000))
+        self.deadlines.first().map(|&(d, _, _)| d)
     }
 
     /// The core under test (read-only).
@@ -1097,9 +1095,9 @@ impl CoreHarness {
         self.finish();
         // Never lost: nothing due is still pending, and the reactor is not
         // asked to wake before something can happen.
-        let now_ms = self.now_us / 1000;
+        let now_us = self.now_us;
         assert!(
-            self.deadlines.first().is_none_or(|&(d, _, _)| d > now_ms),
+            self.deadlines.first().is_none_or(|&(d, _, _)| d > now_us),
             "model: a due timeout survived a tick"
         );
         if let Some(t) = self.core.poll_timeout() {
@@ -1236,16 +1234,16 @@ impl CoreHarness {
         t
     }
 
-    /// Fires due timeouts and auth delays (all with `deadline_ms <= now_ms`),
+    /// Fires due timeouts and auth delays (all with `deadline_us <= now_us`),
     /// one at a time in the core's order: an auth delay that ends closes a
     /// connection, which may grant a waiter whose own deadline was due too.
     fn model_expire(&mut self) {
-        let now_ms = self.now_us / 1000;
+        let now_us = self.now_us;
         loop {
             let due: Vec<ConnId> = self
                 .deadlines
                 .iter()
-                .take_while(|&&(d, _, _)| d <= now_ms)
+                .take_while(|&&(d, _, _)| d <= now_us)
                 .map(|&(_, _, c)| c)
                 .collect();
             let Some(&c) = self.core_order(due).first() else {
@@ -1355,8 +1353,7 @@ impl CoreHarness {
                     self.seq += 1;
                     let d = self
                         .now_us
-                        .div_ceil(1000)
-                        .saturating_add(self.config.auth_delay_ms);
+                        .saturating_add(self.config.auth_delay_ms.saturating_mul(1000));
                     self.deadlines.insert((d, self.seq, conn));
                     let m = &mut self.conns[conn.0];
                     m.auth = ModelAuth::Failing(d, self.seq);
@@ -1512,7 +1509,7 @@ impl CoreHarness {
             Some(_) => {
                 let deadline = (timeout_ms < INFINITE_TIMEOUT_MS).then(|| {
                     self.seq += 1;
-                    let d = self.now_us.div_ceil(1000).saturating_add(timeout_ms);
+                    let d = self.now_us.saturating_add(timeout_ms * 1000);
                     self.deadlines.insert((d, self.seq, conn));
                     (d, self.seq)
                 });

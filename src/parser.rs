@@ -484,23 +484,47 @@ impl Parser {
             // (bounded by the line limit) instead of one push per byte. A
             // plain scan beats memchr here: the run's end is "any non-alnum
             // byte", and typical keys are a few dozen bytes.
-            if matches!(self.state, State::Key { .. })
-                && byte.is_ascii_alphanumeric()
-                && self.line_len < self.max_line_bytes
+            // The first key byte after the spaces (`BeforeKey`) starts the
+            // run too: stepping would push it and enter `Key` just the same.
+            let key_verb = match self.state {
+                State::Key { verb } | State::BeforeKey { verb } => Some(verb),
+                _ => None,
+            };
+            if let Some(verb) =
+                key_verb.filter(|_| wire::is_key_byte(byte) && self.line_len < self.max_line_bytes)
             {
+                self.state = State::Key { verb };
                 let room = self.max_line_bytes - self.line_len;
                 let rest = input.get(used..).unwrap_or_default();
                 let rest = rest.get(..room).unwrap_or(rest);
                 let run = rest
                     .iter()
-                    .position(|b| !b.is_ascii_alphanumeric())
+                    .position(|&b| !wire::is_key_byte(b))
                     .unwrap_or(rest.len());
                 self.push_key(rest.get(..run).unwrap_or_default());
                 self.line_len += run;
                 used += run;
                 continue;
             }
-            // Hot path: a whole `lock ` or `unlock ` at the start of a line
+            // Hot path: the usual end of a line after its key, ` <digits>\r\n`
+            // for `lock`/`acquire` or `\r\n` for the others, completes the
+            // command in one step. Exactly what stepping through it would
+            // do: taken only when the whole tail is in `input` and within
+            // the line limit, else the states below take it byte by byte.
+            if let State::Key { verb } = self.state {
+                let rest = input.get(used..).unwrap_or_default();
+                if let Some((cmd, n)) = Self::hot_tail(verb, rest) {
+                    if self.line_len + n <= self.max_line_bytes {
+                        self.state = State::Start;
+                        self.line_len = 0;
+                        self.key_ready = true;
+                        self.check_invariants();
+                        return (used + n, Step::Done(cmd));
+                    }
+                }
+            }
+            // Hot path: a whole `lock `, `unlock ` or `acquire ` at the start
+            // of a line
             // skips the word states in one step. Exactly what stepping
             // through them would do: the word (any case) and its space are
             // all valid, and they fit in any line limit (>= 16 bytes).
@@ -562,11 +586,11 @@ impl Parser {
         self.key.capacity()
     }
 
-    /// `lock ` or `unlock ` (the word in any case, then a space) at the
-    /// start of `input`: the verb and the bytes it takes.
+    /// `lock `, `unlock ` or `acquire ` (the word in any case, then a
+    /// space) at the start of `input`: the verb and the bytes it takes.
     #[inline]
     fn hot_word(input: &[u8]) -> Option<(Verb, usize)> {
-        const _: () = assert!(MIN_MAX_LINE_BYTES >= b"unlock ".len());
+        const _: () = assert!(MIN_MAX_LINE_BYTES >= b"acquire ".len());
         match input {
             [a, b, c, d, b' ', ..] if [*a, *b, *c, *d].eq_ignore_ascii_case(b"lock") => {
                 Some((Verb::Lock, 5))
@@ -576,6 +600,40 @@ impl Parser {
             {
                 Some((Verb::Unlock, 7))
             }
+            [a, b, c, d, e, f, g, b' ', ..]
+                if [*a, *b, *c, *d, *e, *f, *g].eq_ignore_ascii_case(b"acquire") =>
+            {
+                Some((Verb::Acquire, 8))
+            }
+            _ => None,
+        }
+    }
+
+    /// The end of a line in state `Key { verb }`: ` <digits>\r\n` (one
+    /// space) for `lock`/`acquire`, `\r\n` for the verbs whose key may end
+    /// the line; the command and the bytes it takes. `None` for anything
+    /// else (more spaces, a limit, a partial tail), which the states parse.
+    #[inline]
+    fn hot_tail(verb: Verb, input: &[u8]) -> Option<(Command, usize)> {
+        match verb {
+            Verb::Lock | Verb::Acquire => {
+                let digits = input.strip_prefix(b" ")?;
+                let len = digits.iter().position(|b| !b.is_ascii_digit())?;
+                if len == 0 || digits.get(len..len + 2)? != b"\r\n" {
+                    return None;
+                }
+                let timeout_ms = digits[..len].iter().fold(0, |t, &d| digit_u64(t, d));
+                let cmd = if verb == Verb::Lock {
+                    Command::Lock { timeout_ms }
+                } else {
+                    Command::Acquire {
+                        timeout_ms,
+                        limit: 1,
+                    }
+                };
+                Some((cmd, 1 + len + 2))
+            }
+            _ if input.starts_with(b"\r\n") => Some((verb.key_command(), 2)),
             _ => None,
         }
     }
@@ -1024,8 +1082,25 @@ mod tests {
                 => [lock(1, "abcdefg"), lock(2, "abcdefg"), unlock("abcdefg")], End::Idle),
             // A limit below the minimum is raised to it.
             case!(max: 0, b"lock abcdefg 1\r\n" => [lock(1, "abcdefg")], End::Idle),
+            // The one-step line tails, at the limit and one byte past it,
+            // and tails that only start like one.
+            case!(max: 16, b"unlock abcdefg\r\n" => [unlock("abcdefg")], End::Idle),
+            case!(max: 16, b"unlock abcdefgh\r\n" => [],
+                End::Err(ParseError::LineTooLong { max: 16 })),
+            case!(max: 16, b"acquire abcd 1\r\n" => [acquire(1, "abcd", 1)], End::Idle),
+            case!(max: 16, b"acquire abcde 1\r\n" => [],
+                End::Err(ParseError::LineTooLong { max: 16 })),
+            case!(max: 16, b"evict abcdefgh\r\n" => [evict("abcdefgh")], End::Idle),
+            case!(b"lock a 1\r\r\n" => [], unexpected(b'\r', 9, Lf)),
+            case!(b"unlock a\r\0" => [], unexpected(0, 9, Lf)),
+            case!(b"lock a  1\r\n" => [lock(1, "a")], End::Idle),
+            case!(b"lock a 1 \r\n" => [lock(1, "a")], End::Idle),
+            case!(b"lock a \r\n" => [], unexpected(b'\r', 7, TimeoutOrSpace)),
             // Version 2: acquire.
             case!(b"acquire a 100\r\n" => [acquire(100, "a", 1)], End::Idle),
+            case!(b"AcQuIrE a 7\r\n" => [acquire(7, "a", 1)], End::Idle),
+            case!(b"acquire  a 7 2\r\n" => [acquire(7, "a", 2)], End::Idle),
+            case!(b"acquirex a 7\r\n" => [], unexpected(b'x', 7, Space)),
             case!(b"ACQUIRE a 100 3\r\n" => [acquire(100, "a", 3)], End::Idle),
             case!(b"AcQuIrE  k9   0   65535   \r\n" => [acquire(0, "k9", 65535)], End::Idle),
             case!(b"acquire a 1 \r\n" => [acquire(1, "a", 1)], End::Idle),

@@ -1,38 +1,43 @@
-//! Hierarchical timer wheel with millisecond ticks: the daemon's lock
-//! timeouts.
+//! Hierarchical timer wheel: the daemon's lock timeouts, to the
+//! microsecond.
 //!
 //! Every waiting `lock` with a finite timeout owns one timer. Most timers
 //! never fire: they are cancelled when the lock is granted or the client
 //! goes away. So `insert` and `cancel` are O(1), `poll` is O(1) when nothing
 //! is due, and a jump over a long idle gap costs O(levels), never a loop per
-//! millisecond, with 100,000+ timers pending.
+//! tick, with 100,000+ timers pending.
 //!
 //! # Algorithm
 //!
-//! Time is a `u64` count of milliseconds on the caller's monotonic clock. The
-//! wheel keeps its own time, `elapsed`: the largest `now` it was given, except
-//! while `poll` is working through a backlog (then it is the start of the
-//! last slot emptied). It has 6 levels of 64 slots; a slot of level `L` covers
-//! `64^L` ms, so a whole level covers `64^(L+1)` ms:
+//! Time is a `u64` count of *ticks* on the caller's monotonic clock; the
+//! daemon's core uses microseconds, so a deadline is kept and fired to the
+//! microsecond (a burst of timeouts leaves one by one as each falls due,
+//! not in clusters of a coarser tick). The wheel keeps its own time,
+//! `elapsed`: the largest `now` it was given, except while `poll` is working
+//! through a backlog (then it is the start of the last slot emptied). It has
+//! 8 levels of 64 slots; a slot of level `L` covers `64^L` ticks, so a whole
+//! level covers `64^(L+1)` ticks (times for 1 µs ticks):
 //!
 //! ```text
-//! level  slots  one slot covers              the whole level covers
-//!   0     64    1 ms                         64 ms
-//!   1     64    64 ms                        4,096 ms            (~4.1 s)
-//!   2     64    4,096 ms        (~4.1 s)     262,144 ms          (~4.4 min)
-//!   3     64    262,144 ms      (~4.4 min)   16,777,216 ms       (~4.7 h)
-//!   4     64    16,777,216 ms   (~4.7 h)     1,073,741,824 ms    (~12.4 days)
-//!   5     64    1,073,741,824 ms (~12.4 d)   68,719,476,736 ms   (~2.18 years)
+//! level  slots  one slot covers          the whole level covers
+//!   0     64    1 tick    (1 µs)         64 ticks          (64 µs)
+//!   1     64    64        (64 µs)        4,096             (~4.1 ms)
+//!   2     64    4,096     (~4.1 ms)      262,144           (~262 ms)
+//!   3     64    262,144   (~262 ms)      16,777,216        (~16.8 s)
+//!   4     64    2^24      (~16.8 s)      2^30              (~17.9 min)
+//!   5     64    2^30      (~17.9 min)    2^36              (~19.1 h)
+//!   6     64    2^36      (~19.1 h)      2^42              (~50.9 days)
+//!   7     64    2^42      (~50.9 days)   2^48              (~8.9 years)
 //! ```
 //!
 //! Read a time as base-64 digits: digit `L` is bits `6L..6L+6`. A timer with
 //! deadline `d > elapsed` sits at the level of the highest digit in which `d`
-//! and `elapsed` differ (capped at 5; `level_for`, as in tokio's time driver),
+//! and `elapsed` differ (capped at 7; `level_for`, as in tokio's time driver),
 //! in the slot named by that digit of `d`: `slot = (d >> 6L) & 63`. So a
 //! level-`L` timer is due inside the current level-`L+1` slot but after the
 //! current level-`L` slot; level-0 timers are exact, one deadline per slot.
-//! Level 5 is a ring: a deadline up to `64^6 - 1` ms ahead may lie in the
-//! next round of level 5, in a slot at or behind the current one.
+//! Level 7 is a ring: a deadline up to `64^8 - 1` ticks ahead may lie in the
+//! next round of level 7, in a slot at or behind the current one.
 //!
 //! * **Insert**: compute level and slot, append to that slot's list. Entries
 //!   live in a [`Slab`] and each slot is an intrusive doubly linked list
@@ -42,19 +47,19 @@
 //! * **Next expiration**: each level keeps a `u64` bitmap of its non-empty
 //!   slots. The next slot to visit on a level is the first set bit after the
 //!   current slot, going round: one `rotate_right` and one `trailing_zeros`.
-//!   The current slot of levels 0-4 is always empty, and on level 5 it holds
+//!   The current slot of levels 0-6 is always empty, and on level 7 it holds
 //!   only next-round timers, so searching from the slot after it gives the
 //!   slots in time order. The lowest non-empty level holds the earliest slot
 //!   (a level-`L` slot lies inside the current level-`L+1` slot), so the wheel
-//!   looks at one bitmap in the common case and at most 6.
+//!   looks at one bitmap in the common case and at most 8.
 //! * **Poll**: while that earliest slot starts at or before `now`, move
 //!   `elapsed` to the slot's start and empty it: a level-0 slot's timers are
 //!   due (they go to the ready list); a higher slot's timers *cascade*, each
 //!   re-filed relative to the new `elapsed`, at a lower level (or onto the
 //!   ready list if due exactly at the slot's start). Each timer cascades at
-//!   most 5 times. When the earliest slot starts after `now`, `elapsed`
-//!   jumps to `now` in O(1): every timer is still filed correctly, because
-//!   no occupied slot was passed.
+//!   most 7 times (a 250 ms timeout 2 or 3 times). When the earliest slot
+//!   starts after `now`, `elapsed` jumps to `now` in O(1): every timer is
+//!   still filed correctly, because no occupied slot was passed.
 //!
 //! # Guarantees
 //!
@@ -67,17 +72,17 @@
 //!   already passed (`<= elapsed`) counts as due at `elapsed` (it joins the
 //!   tail of the ready list). In short: by `(max(deadline, elapsed at
 //!   insert), insertion order)`.
-//! * [`TimerWheel::next_wake_ms`] is a lower bound on the earliest deadline:
-//!   exact for timers on level 0, the start of the slot for higher levels.
-//!   After `poll(now)` returned `None` it is `> now`, so a reactor that sleeps
-//!   until it never spins.
+//! * [`TimerWheel::next_wake_tick`] is a lower bound on the earliest
+//!   deadline: exact for timers on level 0, the start of the slot for higher
+//!   levels. After `poll(now)` returned `None` it is `> now`, so a reactor
+//!   that sleeps until it never spins.
 //!
 //! # Range
 //!
-//! The wheel holds deadlines up to `64^6 - 1` ms (~2.18 years) past its own
-//! time. [`MAX_TIMEOUT_MS`] is one level-5 slot (~12.4 days) less than that,
-//! which leaves room for a caller whose `now` ran ahead of the wheel's last
-//! `poll`.
+//! The wheel holds deadlines up to `64^8 - 1` ticks (~8.9 years of µs) past
+//! its own time. [`MAX_DELAY`] is one level-7 slot (~50.9 days) less than
+//! that, which leaves room for a caller whose `now` ran ahead of the wheel's
+//! last `poll`.
 
 use std::fmt;
 use std::mem;
@@ -89,26 +94,28 @@ const SLOT_BITS: u32 = 6;
 /// Slots per level (64): one bit each in a `u64` occupancy bitmap.
 const SLOTS: usize = 1 << SLOT_BITS;
 const SLOT_MASK: u64 = SLOTS as u64 - 1;
-/// Levels: 6 × 6 bits = 36 bits of range.
-const LEVELS: usize = 6;
-/// The farthest a deadline may lie past the wheel's time: `64^6 - 1` ms,
-/// ~2.18 years. Level 5 holds at most one full round of 64 slots, so a
+/// Levels: 8 × 6 bits = 48 bits of range (~8.9 years of µs).
+const LEVELS: usize = 8;
+/// The farthest a deadline may lie past the wheel's time: `64^8 - 1` ticks,
+/// ~8.9 years of µs. Level 7 holds at most one full round of 64 slots, so a
 /// deadline farther out would share a slot with one a round earlier.
-const HORIZON_MS: u64 = (1 << (SLOT_BITS as usize * LEVELS)) - 1;
-/// One slot of the top level: `64^5` ms, ~12.4 days.
-const TOP_SLOT_MS: u64 = 1 << (SLOT_BITS as usize * (LEVELS - 1));
+const HORIZON: u64 = (1 << (SLOT_BITS as usize * LEVELS)) - 1;
+/// One slot of the top level: `64^7` ticks, ~50.9 days of µs.
+const TOP_SLOT: u64 = 1 << (SLOT_BITS as usize * (LEVELS - 1));
 
-/// The largest timeout, in ms from the caller's `now`, that the wheel takes:
-/// `63 × 64^5 - 1` = 67,645,734,911 ms, ~783 days or ~2.14 years. A lock
-/// timeout above it is treated by the caller as infinite (no timer at all).
+/// The largest delay, in ticks from the caller's `now`, that the wheel
+/// takes: `63 × 64^7 - 1` = 277,076,930,199,551 ticks, ~8.8 years of µs.
+/// The daemon's longest finite lock timeout
+/// ([`INFINITE_TIMEOUT_MS`](crate::wire::INFINITE_TIMEOUT_MS) - 1 ms, ~2.1
+/// years) is well inside it.
 ///
-/// Why not the wheel's full reach of `64^6 - 1` ms past its own time: the
-/// caller computes `now + timeout` with its own `now`, which may be newer than
+/// Why not the wheel's full reach of `64^8 - 1` ticks past its own time: the
+/// caller computes `now + delay` with its own `now`, which may be newer than
 /// the last `poll(now)` that moved the wheel. The gap of one top-level slot
-/// (~12.4 days) is slack for that: `now + timeout` stays within reach as long
-/// as `now` is less than ~12.4 days ahead of the last poll. Beyond the full
+/// (~50.9 days of µs) is slack for that: `now + delay` stays within reach as
+/// long as `now` is less than that ahead of the last poll. Beyond the full
 /// reach, `insert` asserts (debug builds) and clamps.
-pub const MAX_TIMEOUT_MS: u64 = HORIZON_MS - TOP_SLOT_MS;
+pub const MAX_DELAY: u64 = HORIZON - TOP_SLOT;
 
 /// Sentinel for "no entry" in the intrusive lists (slab keys never reach it:
 /// the slab would need `usize::MAX` entries first).
@@ -128,14 +135,14 @@ pub struct TimerId(usize);
 
 struct Entry<T> {
     /// Absolute deadline (clamped at insert to the wheel's reach).
-    deadline_ms: u64,
+    deadline_tick: u64,
     /// Neighbours in the list the entry is on; `NIL` at the ends.
     prev: usize,
     next: usize,
     /// INVARIANT: the list the entry is linked in: `READY` iff
-    /// `deadline_ms <= elapsed_ms`, else `level * SLOTS + slot` with
-    /// `level == level_for(elapsed_ms, deadline_ms)` and
-    /// `slot == slot_for(level, deadline_ms)`.
+    /// `deadline_tick <= elapsed_tick`, else `level * SLOTS + slot` with
+    /// `level == level_for(elapsed_tick, deadline_tick)` and
+    /// `slot == slot_for(level, deadline_tick)`.
     list: u16,
     value: T,
 }
@@ -158,9 +165,9 @@ impl List {
 /// docs for the algorithm and its range).
 pub struct TimerWheel<T> {
     /// The wheel's time. INVARIANT: never decreases; every entry in a slot
-    /// list has `elapsed_ms < deadline_ms <= elapsed_ms + HORIZON_MS`, and
-    /// every entry on the ready list has `deadline_ms <= elapsed_ms`.
-    elapsed_ms: u64,
+    /// list has `elapsed_tick < deadline_tick <= elapsed_tick + HORIZON`, and
+    /// every entry on the ready list has `deadline_tick <= elapsed_tick`.
+    elapsed_tick: u64,
     /// All pending timers; the slab key is the `TimerId`.
     entries: Slab<Entry<T>>,
     /// `LISTS` lists: 64 slots per level, then the ready list. Boxed to keep
@@ -171,55 +178,55 @@ pub struct TimerWheel<T> {
     occupied: [u64; LEVELS],
     /// INVARIANT: `<=` every deadline on the ready list (a lower bound: a
     /// cancel does not raise it). `u64::MAX` when the list is empty.
-    ready_min_ms: u64,
+    ready_min_tick: u64,
 }
 
 /// The level for a deadline `> elapsed`: the highest base-64 digit in which
 /// the two differ, capped at the top level (deadlines in the next round of
-/// level 5 differ above it). The `| SLOT_MASK` makes the answer 0, not a
+/// level 7 differ above it). The `| SLOT_MASK` makes the answer 0, not a
 /// bit-scan of zero, when they differ only in digit 0.
-fn level_for(elapsed_ms: u64, deadline_ms: u64) -> usize {
-    let masked = (elapsed_ms ^ deadline_ms) | SLOT_MASK;
+fn level_for(elapsed_tick: u64, deadline_tick: u64) -> usize {
+    let masked = (elapsed_tick ^ deadline_tick) | SLOT_MASK;
     let significant = (u64::BITS - 1 - masked.leading_zeros()) / SLOT_BITS;
     (significant as usize).min(LEVELS - 1)
 }
 
-/// The slot of `deadline_ms` on `level`: its base-64 digit number `level`.
-fn slot_for(level: usize, deadline_ms: u64) -> usize {
-    ((deadline_ms >> (level as u32 * SLOT_BITS)) & SLOT_MASK) as usize
+/// The slot of `deadline_tick` on `level`: its base-64 digit number `level`.
+fn slot_for(level: usize, deadline_tick: u64) -> usize {
+    ((deadline_tick >> (level as u32 * SLOT_BITS)) & SLOT_MASK) as usize
 }
 
 impl<T> TimerWheel<T> {
-    /// An empty wheel whose time starts at `now_ms` (ms on the caller's
+    /// An empty wheel whose time starts at `now_tick` (ticks on the caller's
     /// monotonic clock).
-    pub fn new(now_ms: u64) -> Self {
+    pub fn new(now_tick: u64) -> Self {
         TimerWheel {
-            elapsed_ms: now_ms,
+            elapsed_tick: now_tick,
             entries: Slab::new(),
             lists: Box::new([List::EMPTY; LISTS]),
             occupied: [0; LEVELS],
-            ready_min_ms: u64::MAX,
+            ready_min_tick: u64::MAX,
         }
     }
 
-    /// Schedules `value` to fire at `deadline_ms` (absolute ms), O(1).
+    /// Schedules `value` to fire at `deadline_tick` (absolute ticks), O(1).
     ///
     /// A deadline at or before the wheel's time fires at the next `poll`. A
-    /// deadline more than `64^6 - 1` ms past the wheel's time (beyond
-    /// [`MAX_TIMEOUT_MS`] plus its slack) is a caller bug: debug builds
+    /// deadline more than `64^8 - 1` ticks past the wheel's time (beyond
+    /// [`MAX_DELAY`] plus its slack) is a caller bug: debug builds
     /// panic, release builds clamp it to the farthest deadline the wheel
     /// holds (and `poll` reports the clamped deadline).
-    pub fn insert(&mut self, deadline_ms: u64, value: T) -> TimerId {
-        let latest_ms = self.elapsed_ms.saturating_add(HORIZON_MS);
+    pub fn insert(&mut self, deadline_tick: u64, value: T) -> TimerId {
+        let latest_tick = self.elapsed_tick.saturating_add(HORIZON);
         debug_assert!(
-            deadline_ms <= latest_ms,
-            "timer deadline {deadline_ms} ms is beyond the wheel's reach \
-             (wheel time {} ms + {HORIZON_MS} ms); timeouts above \
-             MAX_TIMEOUT_MS must not be inserted",
-            self.elapsed_ms,
+            deadline_tick <= latest_tick,
+            "timer deadline {deadline_tick} is beyond the wheel's reach \
+             (wheel time {} + {HORIZON}); delays above \
+             MAX_DELAY must not be inserted",
+            self.elapsed_tick,
         );
         let key = self.entries.insert(Entry {
-            deadline_ms: deadline_ms.min(latest_ms),
+            deadline_tick: deadline_tick.min(latest_tick),
             prev: NIL,
             next: NIL,
             list: READY as u16,
@@ -246,42 +253,42 @@ impl<T> TimerWheel<T> {
 
     /// The earliest time at which `poll` could fire something, `None` if the
     /// wheel is empty. Never later than the earliest pending deadline: exact
-    /// for timers due within the current 64 ms (level 0), otherwise the start
+    /// for timers due within the current 64 ticks (level 0), otherwise the start
     /// of the earliest occupied slot. The reactor sleeps until then. O(1).
     ///
     /// After `poll(now)` returned `None`, this is `> now`.
-    pub fn next_wake_ms(&self) -> Option<u64> {
+    pub fn next_wake_tick(&self) -> Option<u64> {
         if self.lists[READY].head != NIL {
-            Some(self.ready_min_ms)
+            Some(self.ready_min_tick)
         } else {
-            self.next_expiration().map(|(_, start_ms)| start_ms)
+            self.next_expiration().map(|(_, start_tick)| start_tick)
         }
     }
 
-    /// Advances the wheel to `now_ms` and pops one due timer (deadline
-    /// `<= now_ms`) as `(deadline_ms, value)`; call it again until `None`.
+    /// Advances the wheel to `now_tick` and pops one due timer (deadline
+    /// `<= now_tick`) as `(deadline_tick, value)`; call it again until `None`.
     ///
-    /// A `now_ms` below the wheel's time counts as no advance (so timers that
+    /// A `now_tick` below the wheel's time counts as no advance (so timers that
     /// were already due may still be returned). O(1) when nothing is due; a
     /// call that is due work costs O(levels) per slot visited, and each timer
-    /// is re-filed at most 5 times before it fires.
-    pub fn poll(&mut self, now_ms: u64) -> Option<(u64, T)> {
+    /// is re-filed at most 7 times before it fires.
+    pub fn poll(&mut self, now_tick: u64) -> Option<(u64, T)> {
         loop {
             let head = self.lists[READY].head;
             if head != NIL {
                 self.unlink(head);
                 let entry = self.entries.remove(head);
-                return Some((entry.deadline_ms, entry.value));
+                return Some((entry.deadline_tick, entry.value));
             }
             match self.next_expiration() {
-                Some((level, start_ms)) if start_ms <= now_ms => {
-                    self.expire_slot(level, start_ms);
+                Some((level, start_tick)) if start_tick <= now_tick => {
+                    self.expire_slot(level, start_tick);
                 }
                 _ => {
-                    // Nothing in the wheel starts at or before `now_ms`, so
+                    // Nothing in the wheel starts at or before `now_tick`, so
                     // jumping there passes no occupied slot: every entry stays
                     // filed correctly.
-                    self.elapsed_ms = self.elapsed_ms.max(now_ms);
+                    self.elapsed_tick = self.elapsed_tick.max(now_tick);
                     return None;
                 }
             }
@@ -310,12 +317,12 @@ impl<T> TimerWheel<T> {
     /// Checks every invariant, panicking with a message on the first
     /// violation: each entry is linked, once, in the list its deadline and
     /// the wheel's time imply; links are consistent both ways; bitmaps match
-    /// the non-empty slots; the count matches `len`; `next_wake_ms` is a
+    /// the non-empty slots; the count matches `len`; `next_wake_tick` is a
     /// lower bound on every deadline and, with nothing ready, in the future.
     /// O(len).
     #[cfg(any(test, debug_assertions))]
     pub fn check_invariants(&self) {
-        let elapsed = self.elapsed_ms;
+        let elapsed = self.elapsed_tick;
         let mut linked = 0usize;
         for (list, ends) in self.lists.iter().enumerate() {
             let mut prev = NIL;
@@ -327,21 +334,21 @@ impl<T> TimerWheel<T> {
                 };
                 assert_eq!(entry.list as usize, list, "key {key}: wrong list tag");
                 assert_eq!(entry.prev, prev, "key {key} in list {list}: bad prev");
-                let deadline = entry.deadline_ms;
+                let deadline = entry.deadline_tick;
                 if list == READY {
                     assert!(
                         deadline <= elapsed,
                         "key {key}: ready but due at {deadline} > wheel time {elapsed}"
                     );
                     assert!(
-                        self.ready_min_ms <= deadline,
-                        "ready_min_ms {} above ready deadline {deadline}",
-                        self.ready_min_ms
+                        self.ready_min_tick <= deadline,
+                        "ready_min_tick {} above ready deadline {deadline}",
+                        self.ready_min_tick
                     );
                 } else {
                     let (level, slot) = (list / SLOTS, list % SLOTS);
                     assert!(
-                        deadline > elapsed && deadline - elapsed <= HORIZON_MS,
+                        deadline > elapsed && deadline - elapsed <= HORIZON,
                         "key {key}: deadline {deadline} out of the wheel at time {elapsed}"
                     );
                     assert_eq!(
@@ -359,9 +366,9 @@ impl<T> TimerWheel<T> {
             assert_eq!(ends.tail, prev, "list {list}: bad tail");
             if list == READY {
                 assert!(
-                    count > 0 || self.ready_min_ms == u64::MAX,
-                    "ready list empty but ready_min_ms is {}",
-                    self.ready_min_ms
+                    count > 0 || self.ready_min_tick == u64::MAX,
+                    "ready list empty but ready_min_tick is {}",
+                    self.ready_min_tick
                 );
             } else {
                 let bit = self.occupied[list / SLOTS] >> (list % SLOTS) & 1;
@@ -369,18 +376,18 @@ impl<T> TimerWheel<T> {
             }
         }
         assert_eq!(linked, self.entries.len(), "entries not linked in any list");
-        match self.next_wake_ms() {
-            None => assert!(self.is_empty(), "next_wake_ms is None but not empty"),
+        match self.next_wake_tick() {
+            None => assert!(self.is_empty(), "next_wake_tick is None but not empty"),
             Some(wake) => {
                 for (key, entry) in &self.entries {
                     assert!(
-                        wake <= entry.deadline_ms,
-                        "next_wake_ms {wake} after key {key}'s deadline {}",
-                        entry.deadline_ms
+                        wake <= entry.deadline_tick,
+                        "next_wake_tick {wake} after key {key}'s deadline {}",
+                        entry.deadline_tick
                     );
                 }
                 if self.lists[READY].head == NIL {
-                    assert!(wake > elapsed, "next_wake_ms {wake} not after {elapsed}");
+                    assert!(wake > elapsed, "next_wake_tick {wake} not after {elapsed}");
                 }
             }
         }
@@ -389,12 +396,12 @@ impl<T> TimerWheel<T> {
     /// Links entry `key` (deadline set, not linked anywhere) at the tail of
     /// the list its deadline implies at the wheel's current time.
     fn file(&mut self, key: usize) {
-        let deadline = self.entries[key].deadline_ms;
-        let list = if deadline <= self.elapsed_ms {
-            self.ready_min_ms = self.ready_min_ms.min(deadline);
+        let deadline = self.entries[key].deadline_tick;
+        let list = if deadline <= self.elapsed_tick {
+            self.ready_min_tick = self.ready_min_tick.min(deadline);
             READY
         } else {
-            let level = level_for(self.elapsed_ms, deadline);
+            let level = level_for(self.elapsed_tick, deadline);
             let slot = slot_for(level, deadline);
             self.occupied[level] |= 1 << slot;
             level * SLOTS + slot
@@ -428,14 +435,14 @@ impl<T> TimerWheel<T> {
         }
         if self.lists[list].head == NIL {
             if list == READY {
-                self.ready_min_ms = u64::MAX;
+                self.ready_min_tick = u64::MAX;
             } else {
                 self.occupied[list / SLOTS] &= !(1 << (list % SLOTS));
             }
         }
     }
 
-    /// The earliest occupied slot as `(level, start_ms)`, `None` when all
+    /// The earliest occupied slot as `(level, start_tick)`, `None` when all
     /// slots are empty. O(levels) at worst, O(1) when level 0 has timers.
     fn next_expiration(&self) -> Option<(usize, u64)> {
         // The lowest non-empty level holds the earliest slot: all its timers
@@ -443,25 +450,25 @@ impl<T> TimerWheel<T> {
         let level = self.occupied.iter().position(|&bits| bits != 0)?;
         let shift = level as u32 * SLOT_BITS;
         // Absolute number of the current slot on this level.
-        let current = self.elapsed_ms >> shift;
+        let current = self.elapsed_tick >> shift;
         // Search from the slot after the current one, going round: the
-        // current slot is empty, or (level 5) holds next-round timers only,
+        // current slot is empty, or (level 7) holds next-round timers only,
         // so the distance 1..=64 gives the time order.
         let from = (current.wrapping_add(1) & SLOT_MASK) as u32;
         let distance = u64::from(self.occupied[level].rotate_right(from).trailing_zeros()) + 1;
         // Cannot wrap: the slot start is <= a deadline, which is a u64.
-        let start_ms = current.wrapping_add(distance) << shift;
-        Some((level, start_ms))
+        let start_tick = current.wrapping_add(distance) << shift;
+        Some((level, start_tick))
     }
 
-    /// Moves the wheel's time to `start_ms`, the start of the earliest
-    /// occupied slot (`slot_for(level, start_ms)` on `level`), and re-files
+    /// Moves the wheel's time to `start_tick`, the start of the earliest
+    /// occupied slot (`slot_for(level, start_tick)` on `level`), and re-files
     /// its timers from there: due ones join the ready list, the others
     /// cascade to lower levels, in list order (which keeps FIFO order).
-    fn expire_slot(&mut self, level: usize, start_ms: u64) {
-        debug_assert!(start_ms > self.elapsed_ms, "the wheel's time went back");
-        self.elapsed_ms = start_ms;
-        let slot = slot_for(level, start_ms);
+    fn expire_slot(&mut self, level: usize, start_tick: u64) {
+        debug_assert!(start_tick > self.elapsed_tick, "the wheel's time went back");
+        self.elapsed_tick = start_tick;
+        let slot = slot_for(level, start_tick);
         let list = level * SLOTS + slot;
         let mut key = self.lists[list].head;
         self.lists[list] = List::EMPTY;
@@ -482,9 +489,9 @@ impl<T> TimerWheel<T> {
 impl<T> fmt::Debug for TimerWheel<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimerWheel")
-            .field("elapsed_ms", &self.elapsed_ms)
+            .field("elapsed_tick", &self.elapsed_tick)
             .field("len", &self.len())
-            .field("next_wake_ms", &self.next_wake_ms())
+            .field("next_wake_tick", &self.next_wake_tick())
             .finish_non_exhaustive()
     }
 }
@@ -505,10 +512,12 @@ mod tests {
 
     #[test]
     fn constants() {
-        assert_eq!(HORIZON_MS, 64u64.pow(6) - 1);
-        assert_eq!(MAX_TIMEOUT_MS, 63 * 64u64.pow(5) - 1);
-        assert_eq!(MAX_TIMEOUT_MS, 67_645_734_911);
-        assert_eq!(LISTS, 385);
+        assert_eq!(HORIZON, 64u64.pow(8) - 1);
+        assert_eq!(MAX_DELAY, 63 * 64u64.pow(7) - 1);
+        assert_eq!(MAX_DELAY, 277_076_930_199_551);
+        assert_eq!(LISTS, 513);
+        // The longest finite lock timeout, in µs, with a top slot to spare.
+        const { assert!((crate::wire::INFINITE_TIMEOUT_MS - 1) * 1000 + TOP_SLOT <= MAX_DELAY) };
     }
 
     #[test]
@@ -520,13 +529,14 @@ mod tests {
         assert_eq!(level_for(64, 127), 0);
         assert_eq!(level_for(0, 4095), 1);
         assert_eq!(level_for(0, 4096), 2);
-        assert_eq!(level_for(0, HORIZON_MS), 5);
-        // The next round of level 5 is still level 5.
-        assert_eq!(level_for(HORIZON_MS, HORIZON_MS + 5), 5);
+        assert_eq!(level_for(0, 1 << 36), 6);
+        assert_eq!(level_for(0, HORIZON), 7);
+        // The next round of level 7 is still level 7.
+        assert_eq!(level_for(HORIZON, HORIZON + 5), 7);
         assert_eq!(level_for(u64::MAX - 1, u64::MAX), 0);
         assert_eq!(slot_for(0, 65), 1);
         assert_eq!(slot_for(1, 65), 1);
-        assert_eq!(slot_for(5, HORIZON_MS + 1), 0);
+        assert_eq!(slot_for(7, HORIZON + 1), 0);
     }
 
     #[test]
@@ -547,12 +557,12 @@ mod tests {
             262_144,
             262_145,
             1_000_000,
-            TOP_SLOT_MS - 1,
-            TOP_SLOT_MS,
+            TOP_SLOT - 1,
+            TOP_SLOT,
             1_000_000_000,
             3 * DAY_MS + 17,
-            MAX_TIMEOUT_MS,
-            HORIZON_MS,
+            MAX_DELAY,
+            HORIZON,
         ];
         let starts = [
             0,
@@ -562,11 +572,11 @@ mod tests {
             4095,
             12_345,
             1_000_003,
-            HORIZON_MS - 2,
-            HORIZON_MS + 1,
+            HORIZON - 2,
+            HORIZON + 1,
             (1 << 40) - 7,
             987_654_321_987,
-            u64::MAX - HORIZON_MS,
+            u64::MAX - HORIZON,
         ];
         for &start in &starts {
             for &delay in &delays {
@@ -577,12 +587,12 @@ mod tests {
                 let mut wheel = TimerWheel::new(start);
                 let id = wheel.insert(deadline, 7u8);
                 wheel.check_invariants();
-                let wake = wheel.next_wake_ms().unwrap();
+                let wake = wheel.next_wake_tick().unwrap();
                 assert!(wake <= deadline, "{ctx}: wake {wake}");
                 if delay > 0 {
                     assert_eq!(wheel.poll(deadline - 1), None, "{ctx}: early");
                     wheel.check_invariants();
-                    assert!(wheel.next_wake_ms().unwrap() <= deadline, "{ctx}");
+                    assert!(wheel.next_wake_tick().unwrap() <= deadline, "{ctx}");
                 }
                 assert_eq!(wheel.poll(deadline), Some((deadline, 7)), "{ctx}");
                 assert_eq!(wheel.poll(deadline), None, "{ctx}");
@@ -590,13 +600,13 @@ mod tests {
                 assert!(wheel.is_empty(), "{ctx}");
                 wheel.check_invariants();
 
-                // A reactor that sleeps until next_wake_ms: never early, and
+                // A reactor that sleeps until next_wake_tick: never early, and
                 // a handful of wake-ups (one per level at most), not a loop.
                 let mut wheel = TimerWheel::new(start);
                 wheel.insert(deadline, 7u8);
                 let mut wakes = 0;
                 loop {
-                    let wake = wheel.next_wake_ms().unwrap();
+                    let wake = wheel.next_wake_tick().unwrap();
                     assert!(wake <= deadline, "{ctx}: wake {wake}");
                     wakes += 1;
                     assert!(wakes <= LEVELS + 1, "{ctx}: too many wake-ups");
@@ -606,7 +616,7 @@ mod tests {
                             assert!(wake >= deadline, "{ctx}: fired early at {wake}");
                             break;
                         }
-                        None => assert!(wheel.next_wake_ms().unwrap() > wake, "{ctx}"),
+                        None => assert!(wheel.next_wake_tick().unwrap() > wake, "{ctx}"),
                     }
                     wheel.check_invariants();
                 }
@@ -641,7 +651,7 @@ mod tests {
         assert_eq!(drain(&mut wheel, u64::MAX), vec![(12_355, 'c')]);
         assert_eq!(wheel.cancel(c), None);
         assert!(wheel.is_empty());
-        assert_eq!(wheel.next_wake_ms(), None);
+        assert_eq!(wheel.next_wake_tick(), None);
         wheel.check_invariants();
     }
 
@@ -677,13 +687,13 @@ mod tests {
         wheel.insert(0, "zero");
         wheel.insert(12_344, "just before");
         wheel.check_invariants();
-        assert_eq!(wheel.next_wake_ms(), Some(0));
+        assert_eq!(wheel.next_wake_tick(), Some(0));
         // Even a poll whose clock looks older: the wheel's time is 12,345.
         assert_eq!(wheel.poll(5), Some((12_345, "now")));
         assert_eq!(wheel.poll(12_345), Some((0, "zero")));
         assert_eq!(wheel.poll(12_345), Some((12_344, "just before")));
         assert_eq!(wheel.poll(12_345), None);
-        assert_eq!(wheel.next_wake_ms(), None);
+        assert_eq!(wheel.next_wake_tick(), None);
         wheel.check_invariants();
     }
 
@@ -707,7 +717,7 @@ mod tests {
         let mut wheel = TimerWheel::new(start);
         wheel.insert(start + 3 * DAY_MS, "3 days");
         wheel.insert(start + 5, "5 ms");
-        assert_eq!(wheel.next_wake_ms(), Some(start + 5));
+        assert_eq!(wheel.next_wake_tick(), Some(start + 5));
         assert_eq!(wheel.poll(start + 4), None);
         let now = start + 10 * DAY_MS;
         assert_eq!(
@@ -719,21 +729,21 @@ mod tests {
     }
 
     #[test]
-    fn huge_jumps_are_not_a_loop_per_ms() {
+    fn huge_jumps_are_not_a_loop_per_tick() {
         // A loop per ms over 10^12 ms (or 2^63) would never finish.
         let mut wheel = TimerWheel::new(5);
-        wheel.insert(5 + MAX_TIMEOUT_MS, 1);
+        wheel.insert(5 + MAX_DELAY, 1);
         wheel.insert(5 + 1_000_000_000, 2);
-        assert_eq!(wheel.poll(1_000_000_000_000), Some((1_000_000_005, 2)));
-        assert_eq!(wheel.poll(1_000_000_000_000), Some((5 + MAX_TIMEOUT_MS, 1)));
+        assert_eq!(wheel.poll(1_000_000_000_000_000), Some((1_000_000_005, 2)));
+        assert_eq!(wheel.poll(1_000_000_000_000_000), Some((5 + MAX_DELAY, 1)));
         assert_eq!(wheel.poll(1_000_000_000_000), None);
         // An empty wheel jumps too, and keeps working at its new time.
         assert_eq!(wheel.poll(1 << 63), None);
-        wheel.insert((1 << 63) + HORIZON_MS, 3);
+        wheel.insert((1 << 63) + HORIZON, 3);
         wheel.insert((1 << 63) + 1, 4);
         wheel.check_invariants();
         assert_eq!(wheel.poll(u64::MAX), Some(((1 << 63) + 1, 4)));
-        assert_eq!(wheel.poll(u64::MAX), Some(((1 << 63) + HORIZON_MS, 3)));
+        assert_eq!(wheel.poll(u64::MAX), Some(((1 << 63) + HORIZON, 3)));
         assert_eq!(wheel.poll(u64::MAX), None);
         // The end of time: nothing overflows.
         wheel.insert(u64::MAX, 5);
@@ -747,18 +757,18 @@ mod tests {
     fn next_round_of_the_top_level() {
         // Wheel time in the middle of a top-level slot; one timer a full
         // round ahead (same top-level slot number) and one in the next slot.
-        let start = 3 * TOP_SLOT_MS + 12_345;
+        let start = 3 * TOP_SLOT + 12_345;
         let mut wheel = TimerWheel::new(start);
-        let far = start + HORIZON_MS;
-        let near = 4 * TOP_SLOT_MS + 1;
+        let far = start + HORIZON;
+        let near = 4 * TOP_SLOT + 1;
         wheel.insert(far, "far");
         wheel.insert(near, "near");
         wheel.check_invariants();
-        assert_eq!(wheel.next_wake_ms(), Some(4 * TOP_SLOT_MS));
+        assert_eq!(wheel.next_wake_tick(), Some(4 * TOP_SLOT));
         assert_eq!(wheel.poll(near - 1), None);
         wheel.check_invariants();
         assert_eq!(wheel.poll(near), Some((near, "near")));
-        assert!(wheel.next_wake_ms().unwrap() <= far);
+        assert!(wheel.next_wake_tick().unwrap() <= far);
         assert_eq!(wheel.poll(far - 1), None);
         assert_eq!(wheel.poll(far), Some((far, "far")));
     }
@@ -800,22 +810,22 @@ mod tests {
         wheel.check_invariants();
         let rest: Vec<u64> = drain(&mut wheel, 100).into_iter().map(|(d, _)| d).collect();
         assert_eq!(rest, vec![5, 15, 20, 30]);
-        assert_eq!(wheel.next_wake_ms(), Some(200 - 200 % 64));
+        assert_eq!(wheel.next_wake_tick(), Some(200 - 200 % 64));
     }
 
     #[test]
     fn next_wake_is_exact_on_level_zero_and_a_bound_above() {
         let mut wheel = TimerWheel::new(100);
-        assert_eq!(wheel.next_wake_ms(), None);
+        assert_eq!(wheel.next_wake_tick(), None);
         wheel.insert(5000, ());
-        assert_eq!(wheel.next_wake_ms(), Some(4096));
+        assert_eq!(wheel.next_wake_tick(), Some(4096));
         wheel.insert(150, ());
-        assert_eq!(wheel.next_wake_ms(), Some(128));
+        assert_eq!(wheel.next_wake_tick(), Some(128));
         wheel.insert(110, ());
-        assert_eq!(wheel.next_wake_ms(), Some(110));
+        assert_eq!(wheel.next_wake_tick(), Some(110));
         assert_eq!(wheel.poll(110), Some((110, ())));
         assert_eq!(wheel.poll(128), None);
-        assert_eq!(wheel.next_wake_ms(), Some(150));
+        assert_eq!(wheel.next_wake_tick(), Some(150));
     }
 
     #[test]
@@ -838,7 +848,7 @@ mod tests {
         let mut wheel = TimerWheel::new(1000);
         wheel.insert(u64::MAX, ());
         // Release builds: clamped to the farthest deadline.
-        assert_eq!(wheel.poll(u64::MAX), Some((1000 + HORIZON_MS, ())));
+        assert_eq!(wheel.poll(u64::MAX), Some((1000 + HORIZON, ())));
     }
 
     #[test]
@@ -849,7 +859,7 @@ mod tests {
         let n = 100_000u32;
         let mut ids = Vec::new();
         for i in 0..n {
-            let delay = rng.skewed(36).min(MAX_TIMEOUT_MS);
+            let delay = rng.skewed(48).min(MAX_DELAY);
             ids.push(wheel.insert(start + delay, i));
         }
         assert_eq!(wheel.len(), n as usize);
@@ -858,7 +868,7 @@ mod tests {
         let mut last = 0;
         let mut fired = 0u32;
         let mut seen = vec![false; n as usize];
-        for now in [start + 1_000_000, start + MAX_TIMEOUT_MS] {
+        for now in [start + 1_000_000, start + MAX_DELAY] {
             while let Some((deadline, value)) = wheel.poll(now) {
                 assert!(deadline <= now && deadline >= last, "out of order");
                 assert!(!std::mem::replace(&mut seen[value as usize], true));
@@ -898,7 +908,7 @@ mod tests {
         live: HashMap<u64, Live>,
         /// `(due, seq)`: the exact order in which the wheel fires.
         by_due: BTreeSet<(u64, u64)>,
-        /// `(deadline, seq)`: to check `next_wake_ms` and "nothing late".
+        /// `(deadline, seq)`: to check `next_wake_tick` and "nothing late".
         by_deadline: BTreeSet<(u64, u64)>,
         /// Candidates for cancel; may hold seqs that already fired.
         seqs: Vec<u64>,
@@ -952,12 +962,12 @@ mod tests {
             let ctx = self.ctx();
             wheel.check_invariants();
             assert_eq!(wheel.len(), self.live.len(), "{ctx}: len");
-            match (wheel.next_wake_ms(), self.by_deadline.first()) {
+            match (wheel.next_wake_tick(), self.by_deadline.first()) {
                 (None, None) => {}
                 (Some(wake), Some(&(deadline, _))) => {
                     assert!(wake <= deadline, "{ctx}: wake {wake} after {deadline}");
                 }
-                (wake, first) => panic!("{ctx}: next_wake_ms {wake:?}, earliest {first:?}"),
+                (wake, first) => panic!("{ctx}: next_wake_tick {wake:?}, earliest {first:?}"),
             }
         }
     }
@@ -1003,8 +1013,8 @@ mod tests {
                 0..=49 => {
                     let delay = match profile {
                         Profile::Dense => rng.below(300),
-                        // Up to the wheel's full reach, 2^36 - 1.
-                        _ => rng.skewed(36),
+                        // Up to the wheel's full reach, 2^48 - 1.
+                        _ => rng.skewed(48),
                     };
                     let deadline = if rng.below(10) == 0 {
                         model.now.saturating_sub(rng.skewed(12))
@@ -1013,10 +1023,10 @@ mod tests {
                     };
                     // Contract: within reach of the wheel's time, which lags
                     // the model's clock after a partial drain.
-                    let deadline = deadline.min(wheel.elapsed_ms.saturating_add(HORIZON_MS));
+                    let deadline = deadline.min(wheel.elapsed_tick.saturating_add(HORIZON));
                     let seq = model.next_seq;
                     model.next_seq += 1;
-                    let due = deadline.max(wheel.elapsed_ms);
+                    let due = deadline.max(wheel.elapsed_tick);
                     let id = wheel.insert(deadline, seq);
                     stats.inserted += 1;
                     model.live.insert(seq, Live { deadline, due, id });
@@ -1055,7 +1065,7 @@ mod tests {
                         model.now
                     };
                     while model.poll_once(&mut wheel, now) {}
-                    if let Some(wake) = wheel.next_wake_ms() {
+                    if let Some(wake) = wheel.next_wake_tick() {
                         let ctx = model.ctx();
                         assert!(wake > now, "{ctx}: wake {wake} would spin");
                     }

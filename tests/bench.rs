@@ -365,3 +365,268 @@ fn happy_path_against_the_daemon() {
         "{stdout}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Token protocols: strict, semaphore, acquire (dreadlock) and dflockd.
+
+/// A fake dflockd: collects each connection's three-line requests and calls
+/// `handler(conn, command, key, arg)` once per request.
+fn fake_dflockd(
+    handler: impl Fn(usize, &str, &str, &str) -> Option<Vec<u8>> + Send + Sync + 'static,
+) -> String {
+    let partial: Mutex<std::collections::HashMap<usize, Vec<String>>> = Mutex::default();
+    fake(move |n, line| {
+        let mut p = partial.lock().unwrap();
+        let lines = p.entry(n).or_default();
+        lines.push(line.to_string());
+        if lines.len() < 3 {
+            return None;
+        }
+        let req = std::mem::take(lines);
+        drop(p);
+        handler(n, &req[0], &req[1], &req[2])
+    })
+}
+
+/// A correct single-key dflockd: FIFO is not needed, only exclusion, so a
+/// request for a held key is parked until the holder's release (checked
+/// against its token), then granted with a fresh token.
+fn dflockd_that_checks_tokens() -> String {
+    struct St {
+        holder: Option<(usize, String)>,
+        next: u64,
+    }
+    let st = Arc::new(Mutex::new(St {
+        holder: None,
+        next: 0,
+    }));
+    fake_dflockd(move |n, cmd, _key, arg| {
+        // Waits for the key inside this connection's thread.
+        loop {
+            let mut s = st.lock().unwrap();
+            match cmd {
+                "l" if s.holder.is_none() => {
+                    s.next += 1;
+                    let token = format!("tok{:x}", s.next * 7919);
+                    s.holder = Some((n, token.clone()));
+                    return Some(format!("ok {token} 33\n").into_bytes());
+                }
+                "l" => {}
+                "r" => {
+                    return Some(match &s.holder {
+                        Some((h, t)) if *h == n && t == arg => {
+                            s.holder = None;
+                            b"ok\n".to_vec()
+                        }
+                        _ => b"error\n".to_vec(),
+                    });
+                }
+                _ => return Some(b"error\n".to_vec()),
+            }
+            drop(s);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    })
+}
+
+#[test]
+fn dflockd_strict_happy_path_against_a_fake() {
+    let addr = dflockd_that_checks_tokens();
+    let (code, stdout, stderr) = bench(&args(
+        &addr,
+        &["--dflockd", "--json", "strict", "-c", "3", "-k", "1"],
+    ));
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains(r#""violations":0"#), "{stdout}");
+    assert!(stdout.contains(r#""server":"dflockd""#), "{stdout}");
+}
+
+#[test]
+fn dflockd_strict_detects_two_holders_of_one_lock() {
+    let addr = fake_dflockd(|_, cmd, _, _| {
+        Some(match cmd {
+            "l" => b"ok t1 33\n".to_vec(),
+            _ => b"ok\n".to_vec(),
+        })
+    });
+    assert_fails(
+        &args(&addr, &["--dflockd", "strict", "-c", "4", "-k", "1"]),
+        "mutual exclusion violated",
+    );
+}
+
+#[test]
+fn dflockd_strict_rejects_a_grant_without_a_token() {
+    let addr = fake_dflockd(|_, cmd, _, _| {
+        Some(match cmd {
+            "l" => b"ok 33\n".to_vec(),
+            _ => b"ok\n".to_vec(),
+        })
+    });
+    assert_fails(
+        &args(&addr, &["--dflockd", "strict", "-c", "1", "-k", "1"]),
+        r#"expected a grant, got "ok 33\n""#,
+    );
+}
+
+#[test]
+fn dflockd_release_carries_the_grants_token() {
+    // The fake refuses a release with any other token than its grant's.
+    let addr = fake_dflockd(|n, cmd, _, arg| {
+        Some(match cmd {
+            "l" => format!("ok conn{n}x 33\n").into_bytes(),
+            "r" if arg == format!("conn{n}x") => b"ok\n".to_vec(),
+            _ => b"error\n".to_vec(),
+        })
+    });
+    let (code, stdout, stderr) = bench(&args(&addr, &["--dflockd", "strict", "-c", "2"]));
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // And a server answering "error" to the release fails the run.
+    let addr = fake_dflockd(|_, cmd, _, _| {
+        Some(match cmd {
+            "l" => b"ok t 33\n".to_vec(),
+            _ => b"error\n".to_vec(),
+        })
+    });
+    assert_fails(
+        &args(&addr, &["--dflockd", "strict", "-c", "1"]),
+        r#"expected "ok\n" to a release, got "error\n""#,
+    );
+}
+
+#[test]
+fn dflockd_semaphore_detects_one_holder_too_many() {
+    // Grants every `sl`, whatever its limit.
+    let addr = fake_dflockd(|_, cmd, _, _| {
+        Some(match cmd {
+            "sl" => b"ok s1 33\n".to_vec(),
+            "sr" => b"ok\n".to_vec(),
+            _ => b"error\n".to_vec(),
+        })
+    });
+    let stderr = assert_fails(
+        &args(&addr, &["--dflockd", "semaphore", "-c", "4", "-n", "3"]),
+        "semaphore limit violated",
+    );
+    assert!(stderr.contains("limit 3"), "{stderr}");
+}
+
+#[test]
+fn semaphore_detects_one_holder_too_many() {
+    let addr = fake(|_, cmd| {
+        Some(if cmd.starts_with("acquire ") {
+            b"a 7\r\n".to_vec()
+        } else {
+            b"u unlocked\r\n".to_vec()
+        })
+    });
+    assert_fails(
+        &args(&addr, &["semaphore", "-c", "3", "-n", "2"]),
+        "semaphore limit violated",
+    );
+}
+
+#[test]
+fn strict_rejects_a_fencing_token_that_does_not_increase() {
+    // Exclusive, correct holders, but every grant carries the same token.
+    let holder = Arc::new(Mutex::new(None::<usize>));
+    let addr = fake(move |n, cmd| {
+        loop {
+            let mut h = holder.lock().unwrap();
+            if cmd.starts_with("acquire ") {
+                if h.is_none() {
+                    *h = Some(n);
+                    return Some(b"a 42\r\n".to_vec());
+                }
+            } else {
+                *h = None;
+                return Some(b"u unlocked\r\n".to_vec());
+            }
+            drop(h);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+    assert_fails(
+        &args(&addr, &["strict", "-c", "2", "-k", "1"]),
+        "fencing token 42 on key",
+    );
+}
+
+#[test]
+fn acquire_rejects_a_lock_reply() {
+    // `l locked` is lock's reply, not acquire's.
+    let addr = fake(grant_everything);
+    assert_fails(
+        &args(&addr, &["acquire", "-c", "1"]),
+        r#"expected a grant, got "u unlocked\r\n""#,
+    );
+    let addr = fake(|_, cmd| {
+        Some(if cmd.starts_with("acquire ") {
+            b"l locked\r\n".to_vec()
+        } else {
+            b"u unlocked\r\n".to_vec()
+        })
+    });
+    assert_fails(
+        &args(&addr, &["acquire", "-c", "1", "-p", "2"]),
+        r#"expected a grant, got "l locked\r\n""#,
+    );
+}
+
+#[test]
+fn dflockd_is_refused_where_it_does_not_apply() {
+    let (code, _, stderr) = bench(&["--dflockd", "throughput"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("strict and semaphore"), "{stderr}");
+}
+
+#[test]
+fn token_scenarios_and_the_floor_happy_path() {
+    let daemon = Daemon::start();
+    let addr = daemon.addr.to_string();
+    let pid = daemon.pid().to_string();
+    let runs: [&[&str]; 5] = [
+        &["strict", "-c", "1", "-k", "1"],
+        &["strict", "-c", "6", "-k", "2"],
+        &["semaphore", "-c", "6", "-n", "3"],
+        &["acquire", "-c", "3"],
+        &["acquire", "-c", "3", "-p", "8"],
+    ];
+    for run in runs {
+        let mut a = args(&addr, &["--json", "--pid", &pid]);
+        a.extend_from_slice(run);
+        let (code, stdout, stderr) = bench(&a);
+        assert_eq!(code, 0, "{run:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(stdout.contains(r#""ok":true"#), "{stdout}");
+        if run[0] != "acquire" {
+            assert!(stdout.contains(r#""violations":0"#), "{stdout}");
+        }
+    }
+
+    // The floor server: started on an ephemeral port (it prints it), then
+    // the throughput and acquire scenarios run against it.
+    let mut floor = Command::new(env!("CARGO_BIN_EXE_dreadlock-bench"))
+        .args(["floor", "--port", "0", "--busy-poll-us", "0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the floor server");
+    let mut line = String::new();
+    BufReader::new(floor.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let faddr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("floor prints its address")
+        .to_string();
+    for run in [
+        &["throughput", "-c", "3", "-p", "4"][..],
+        &["acquire", "-c", "2", "-p", "4"],
+    ] {
+        let (code, stdout, stderr) = bench(&args(&faddr, run));
+        assert_eq!(code, 0, "{run:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    }
+    floor.kill().unwrap();
+    floor.wait().unwrap();
+}

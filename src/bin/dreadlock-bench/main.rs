@@ -1,6 +1,7 @@
 //! `dreadlock-bench`: a loopback load generator for any server speaking the
-//! dreadlock protocol, and for Redis (`SET key 1 NX PX ms` / `DEL key`,
-//! inline commands) for side-by-side figures.
+//! dreadlock protocol, for Redis (`SET key 1 NX PX ms` / `DEL key`, inline
+//! commands) and for dflockd (three-line requests, token-carrying
+//! releases), for side-by-side figures; and the no-logic floor server.
 //!
 //! Single-threaded on its own mio loop, so on a small machine it takes one
 //! core and leaves the other to the server. Every reply is checked byte for
@@ -14,16 +15,20 @@
 //! ```text
 //! main.rs       CLI, watchdog, printing
 //! scenarios.rs  throughput (and flood + probe), contended, timeouts, connections
+//! rr.rs         strict, semaphore, acquire: token replies, dflockd
+//! floor.rs      the no-logic floor server
 //! net.rs        connections, both protocols, batched non-blocking connect
 //! hist.rs       log-bucket latency histogram
 //! procfs.rs     the server's CPU time and RSS from /proc/PID
 //! report.rs     human summary and JSON
 //! ```
 
+mod floor;
 mod hist;
 mod net;
 mod procfs;
 mod report;
+mod rr;
 mod scenarios;
 
 use std::net::SocketAddr;
@@ -56,6 +61,10 @@ struct Cli {
     /// Speak Redis (SET key 1 NX PX ms / DEL key) instead of dreadlock.
     #[arg(long, global = true)]
     redis: bool,
+
+    /// Speak dflockd's three-line protocol (strict and semaphore only).
+    #[arg(long, global = true, conflicts_with = "redis")]
+    dflockd: bool,
 
     /// Measured interval in seconds (throughput, contended).
     #[arg(long, global = true, value_name = "SECS", default_value_t = 5.0)]
@@ -156,6 +165,45 @@ enum Scenario {
         #[arg(long)]
         fin: bool,
     },
+    /// Strict request-reply: C connections on K keys, one request in flight
+    /// each: acquire, wait for the grant, release, wait: rounds/s, grant
+    /// wait, violations. dreadlock `acquire`/`unlock` or, with --dflockd,
+    /// `l`/`r` with the grant's token: the same load for both.
+    Strict {
+        #[arg(short = 'c', long, default_value_t = 50)]
+        connections: usize,
+        /// Keys shared by the connections (connection i uses key i mod K).
+        #[arg(short = 'k', long, default_value_t = 50)]
+        keys: usize,
+    },
+    /// A semaphore: C connections on one key with N slots (`acquire K T N`,
+    /// dflockd `sl`), strict request-reply: no more than N holders at once.
+    Semaphore {
+        #[arg(short = 'c', long, default_value_t = 50)]
+        connections: usize,
+        /// Slots of the semaphore (at least 1).
+        #[arg(short = 'n', long, default_value_t = 4)]
+        limit: u32,
+    },
+    /// `throughput` with `acquire K 0` (reply `a <token>`) in place of
+    /// `lock K 0` (dreadlock only): the cost of the token reply.
+    Acquire {
+        #[arg(short = 'c', long, default_value_t = 50)]
+        connections: usize,
+        /// Acquire/unlock pairs written per round (pipelining depth).
+        #[arg(short = 'p', long, default_value_t = 1)]
+        pipeline: usize,
+    },
+    /// Run the floor server (no logic, the daemon's I/O pattern, canned
+    /// replies) on 127.0.0.1:PORT until killed; --addr is not used.
+    Floor {
+        #[arg(long)]
+        port: u16,
+        /// Busy-poll this long before blocking in epoll (0: never), as the
+        /// daemon's default does.
+        #[arg(long, value_name = "US", default_value_t = 50)]
+        busy_poll_us: u64,
+    },
 }
 
 const AFTER_HELP: &str = "\
@@ -165,7 +213,12 @@ Examples:
   dreadlock-bench flood -c 50 -p 4096 --duration 5
   dreadlock-bench contended -c 100 -k 1 --pid $(pidof dreadlock)
   dreadlock-bench timeouts -n 2000 --timeout-ms 250
-  dreadlock-bench connections -n 19000 --pid $(pidof dreadlock) --json";
+  dreadlock-bench connections -n 19000 --pid $(pidof dreadlock) --json
+  dreadlock-bench strict -c 1 -k 1
+  dreadlock-bench --addr 127.0.0.1:6388 --dflockd strict -c 50 -k 1
+  dreadlock-bench semaphore -c 50 -n 4
+  dreadlock-bench acquire -c 50 -p 32
+  dreadlock-bench floor --port 6002";
 
 /// Settings every scenario uses.
 pub struct Ctx {
@@ -206,6 +259,25 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
+    if let Scenario::Floor { port, busy_poll_us } = cli.scenario {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        floor::run(addr, Duration::from_micros(busy_poll_us))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let token_proto = cli.dflockd.then_some(rr::TokenProto::Dflockd);
+    match (&cli.scenario, cli.dflockd, cli.redis) {
+        (Scenario::Strict { .. } | Scenario::Semaphore { .. }, _, true) => {
+            return Err("strict and semaphore speak dreadlock or dflockd, not Redis".into());
+        }
+        (Scenario::Strict { .. } | Scenario::Semaphore { .. }, _, _) => {}
+        (Scenario::Acquire { .. }, _, true) | (Scenario::Acquire { .. }, true, _) => {
+            return Err("acquire is a dreadlock command (no --redis, no --dflockd)".into());
+        }
+        (_, true, _) => {
+            return Err("--dflockd works with the strict and semaphore scenarios only".into());
+        }
+        _ => {}
+    }
     let duration = secs(cli.duration, "duration")?;
     let warmup = secs(cli.warmup, "warmup")?;
     let grace = secs(cli.grace, "grace")?;
@@ -221,9 +293,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     // Every descriptor is a connection; the hard limit is what we may use.
     let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     let needed = match &cli.scenario {
-        Scenario::Throughput { connections, .. } | Scenario::Contended { connections, .. } => {
-            *connections as u64
-        }
+        Scenario::Throughput { connections, .. }
+        | Scenario::Contended { connections, .. }
+        | Scenario::Strict { connections, .. }
+        | Scenario::Semaphore { connections, .. }
+        | Scenario::Acquire { connections, .. } => *connections as u64,
+        Scenario::Floor { .. } => 0,
         Scenario::Flood { connections, .. } => *connections as u64 + 1,
         Scenario::Timeouts { waiters, .. } => *waiters as u64 + 1,
         Scenario::Connections { connections, .. } => *connections as u64,
@@ -327,13 +402,50 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             format!("{connections} connections, hold {hold} s"),
             scenarios::connections(&ctx, connections, secs(hold, "hold")?, !fin)?,
         ),
+        Scenario::Strict { connections, keys } => {
+            if connections == 0 || keys == 0 {
+                return Err("-c and -k must be at least 1".into());
+            }
+            let p = token_proto.unwrap_or(rr::TokenProto::Dreadlock);
+            (
+                "strict",
+                format!("{connections} connections on {keys} keys, one request in flight"),
+                rr::strict(&ctx, p, connections, keys, 1)?,
+            )
+        }
+        Scenario::Semaphore { connections, limit } => {
+            if connections == 0 || limit == 0 {
+                return Err("-c and -n must be at least 1".into());
+            }
+            let p = token_proto.unwrap_or(rr::TokenProto::Dreadlock);
+            (
+                "semaphore",
+                format!("{connections} connections on one key with {limit} slots"),
+                rr::strict(&ctx, p, connections, 1, limit)?,
+            )
+        }
+        Scenario::Acquire {
+            connections,
+            pipeline,
+        } => {
+            if connections == 0 || pipeline == 0 {
+                return Err("-c and -p must be at least 1".into());
+            }
+            (
+                "acquire",
+                format!("{connections} connections x {pipeline} pipelined acquire pairs"),
+                rr::acquire(&ctx, connections, pipeline)?,
+            )
+        }
+        Scenario::Floor { .. } => unreachable!("handled before the watchdog"),
     };
 
+    let server = token_proto.map_or(proto.name(), rr::TokenProto::name);
     let ok = outcome.failures.is_empty();
     if cli.json {
         let mut fields = vec![
             ("scenario".to_string(), Val::S(name.into())),
-            ("server".to_string(), Val::S(proto.name().into())),
+            ("server".to_string(), Val::S(server.into())),
             ("addr".to_string(), Val::S(cli.addr.to_string())),
             ("params".to_string(), Val::S(params.clone())),
             ("ok".to_string(), Val::B(ok)),
@@ -345,11 +457,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         fields.extend(outcome.fields.iter().cloned());
         println!("{}", Val::Obj(fields).to_json());
     } else {
-        println!(
-            "dreadlock-bench {name}: {} at {}, {params}",
-            proto.name(),
-            cli.addr
-        );
+        println!("dreadlock-bench {name}: {server} at {}, {params}", cli.addr);
         for l in &outcome.human {
             println!("{l}");
         }

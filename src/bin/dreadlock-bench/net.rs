@@ -223,6 +223,61 @@ impl Conn {
         }
     }
 
+    /// Reads what is available and hands each complete line (LF included)
+    /// to `each`, for protocols whose replies carry values (tokens) and so
+    /// cannot be compared with fixed bytes. An over-long line, EOF, a socket
+    /// error or an `Err` from `each` is an `Err`.
+    pub fn read_lines(
+        &mut self,
+        scratch: &mut [u8],
+        mut each: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        loop {
+            let n = match self.stream.read(scratch) {
+                Ok(0) => {
+                    return Err(if self.line.is_empty() {
+                        "server closed the connection".to_string()
+                    } else {
+                        format!(
+                            "server closed the connection after a partial reply {}",
+                            show(&self.line)
+                        )
+                    });
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("read: {e}")),
+            };
+            let data = &scratch[..n];
+            let mut start = 0;
+            for end in memchr::memchr_iter(b'\n', data) {
+                let piece = &data[start..=end];
+                start = end + 1;
+                if self.line.is_empty() {
+                    each(piece)?;
+                } else {
+                    self.line.extend_from_slice(piece);
+                    let line = std::mem::take(&mut self.line);
+                    let r = each(&line);
+                    self.line = line;
+                    self.line.clear();
+                    r?;
+                }
+            }
+            self.line.extend_from_slice(&data[start..]);
+            if self.line.len() > MAX_REPLY_LINE {
+                return Err(format!(
+                    "reply longer than {MAX_REPLY_LINE} bytes without LF: {}...",
+                    show(&self.line[..40])
+                ));
+            }
+            if n < scratch.len() {
+                return Ok(());
+            }
+        }
+    }
+
     /// Closes with a TCP reset (SO_LINGER 0), leaving no TIME_WAIT behind.
     pub fn set_reset_on_close(&self) {
         let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));

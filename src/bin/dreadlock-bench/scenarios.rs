@@ -16,11 +16,15 @@ use crate::report::{Outcome, Val, big, human_latency, human_ns, latency_json};
 /// Scratch buffer for reads, shared by all connections.
 const SCRATCH: usize = 64 * 1024;
 
-fn new_poll() -> Result<Poll, String> {
+pub(crate) fn new_poll() -> Result<Poll, String> {
     Poll::new().map_err(|e| format!("cannot create epoll: {e}"))
 }
 
-fn poll_once(poll: &mut Poll, events: &mut Events, wait: Duration) -> Result<(), String> {
+pub(crate) fn poll_once(
+    poll: &mut Poll,
+    events: &mut Events,
+    wait: Duration,
+) -> Result<(), String> {
     match poll.poll(events, Some(wait)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::Interrupted => {
@@ -31,11 +35,11 @@ fn poll_once(poll: &mut Poll, events: &mut Events, wait: Duration) -> Result<(),
     }
 }
 
-fn start_cpu(ctx: &Ctx) -> Option<Result<CpuMeter, String>> {
+pub(crate) fn start_cpu(ctx: &Ctx) -> Option<Result<CpuMeter, String>> {
     ctx.pid.map(CpuMeter::start)
 }
 
-fn stop_cpu(m: &Option<Result<CpuMeter, String>>) -> Option<Result<(f64, f64), String>> {
+pub(crate) fn stop_cpu(m: &Option<Result<CpuMeter, String>>) -> Option<Result<(f64, f64), String>> {
     m.as_ref().map(|m| match m {
         Ok(m) => m.stop(),
         Err(e) => Err(e.clone()),
@@ -44,7 +48,12 @@ fn stop_cpu(m: &Option<Result<CpuMeter, String>>) -> Option<Result<(f64, f64), S
 
 /// Opens `n` connections (all must succeed) wrapped as `Conn`s with tokens
 /// `0..n`.
-fn connect_all(ctx: &Ctx, poll: &mut Poll, n: usize, out: &mut Outcome) -> Option<Vec<Conn>> {
+pub(crate) fn connect_all(
+    ctx: &Ctx,
+    poll: &mut Poll,
+    n: usize,
+    out: &mut Outcome,
+) -> Option<Vec<Conn>> {
     let hard = Instant::now() + ctx.connect_timeout * 2;
     let (streams, cs) =
         net::connect_many(poll, ctx.addr, n, 0, ctx.batch, ctx.connect_timeout, hard);
@@ -70,7 +79,7 @@ fn connect_all(ctx: &Ctx, poll: &mut Poll, n: usize, out: &mut Outcome) -> Optio
     Some(conns)
 }
 
-fn fairness(out: &mut Outcome, counts: &[u64], what: &str) {
+pub(crate) fn fairness(out: &mut Outcome, counts: &[u64], what: &str) {
     let min = counts.iter().copied().min().unwrap_or(0);
     let max = counts.iter().copied().max().unwrap_or(0);
     let ratio = if max > 0 {
