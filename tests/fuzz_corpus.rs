@@ -670,7 +670,7 @@ impl TimerOps {
         }
         TimerOps(v)
     }
-    /// magnitude: 0 (< 80 ms), 2 (< 5000), 3 (x64), 4 (x2^20), 5 (MAX_TIMEOUT_MS - x%4).
+    /// magnitude: 0 (< 80 ms), 2 (< 5000), 3 (x64), 4 (x2^20), 5 (timer::MAX_DELAY - x%4).
     fn insert(&mut self, magnitude: u8, arg: u16) -> &mut Self {
         self.0.push(magnitude << 5);
         self.0.extend_from_slice(&arg.to_le_bytes());
