@@ -224,7 +224,7 @@ pub fn render(out: &mut String, snap: &Snapshot, process: Option<&Process>, vers
         let _ = writeln!(
             out,
             "dreadlock_commands_total{{command=\"{}\"}} {}",
-            v.label(),
+            v.word(),
             s.commands_of(v)
         );
     }
@@ -605,7 +605,7 @@ mod tests {
             let got = value(
                 &scrape,
                 "dreadlock_commands_total",
-                &[("command", v.label())],
+                &[("command", v.word())],
             );
             assert_eq!(got, (i + 1) as f64, "{v:?}");
         }

@@ -53,7 +53,7 @@
 
 use std::fmt;
 
-use crate::wire::{self, MAX_LABEL_BYTES, MAX_SECRET_BYTES};
+use crate::wire::{self, MAX_LABEL_BYTES, MAX_SECRET_BYTES, Verb};
 
 /// Default maximum command line length in bytes, CRLF included (the original's
 /// buffer: the C daemon read commands into a 10,000-byte buffer and a longer
@@ -105,8 +105,8 @@ pub enum Command {
 
 impl Command {
     /// The command word, for the daemon's counters.
-    pub const fn verb(self) -> crate::stats::Verb {
-        use crate::stats::Verb as V;
+    pub const fn verb(self) -> Verb {
+        use Verb as V;
         match self {
             Command::Lock { .. } => V::Lock,
             Command::Unlock => V::Unlock,
@@ -222,56 +222,22 @@ pub enum Step {
     Error(ParseError),
 }
 
-/// The command word being matched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Verb {
-    Lock,
-    Unlock,
-    Acquire,
-    Info,
-    Stats,
-    Name,
-    Auth,
-    Evict,
-}
-
+/// The lookups the state machine needs on the command word being matched
+/// (the wire's [`Verb`]).
 impl Verb {
-    /// Every word; no word is a prefix of another.
-    const ALL: [Verb; 8] = [
-        Verb::Lock,
-        Verb::Unlock,
-        Verb::Acquire,
-        Verb::Info,
-        Verb::Stats,
-        Verb::Name,
-        Verb::Auth,
-        Verb::Evict,
-    ];
-
-    const fn word(self) -> &'static [u8] {
-        match self {
-            Verb::Lock => b"lock",
-            Verb::Unlock => b"unlock",
-            Verb::Acquire => b"acquire",
-            Verb::Info => b"info",
-            Verb::Stats => b"stats",
-            Verb::Name => b"name",
-            Verb::Auth => b"auth",
-            Verb::Evict => b"evict",
-        }
-    }
-
     /// The word whose first `matched` bytes are `self`'s and whose next byte
     /// is `lower`: `self` on the hot path, another word where two share a
     /// prefix (`acquire` and `auth`).
     fn next(self, matched: usize, lower: u8) -> Option<Verb> {
-        if self.word().get(matched) == Some(&lower) {
+        let word = self.word().as_bytes();
+        if word.get(matched) == Some(&lower) {
             return Some(self);
         }
-        let prefix = self.word().get(..matched)?;
-        Verb::ALL
-            .into_iter()
-            .find(|v| v.word().starts_with(prefix) && v.word().get(matched) == Some(&lower))
+        let prefix = word.get(..matched)?;
+        Verb::ALL.into_iter().find(|v| {
+            let w = v.word().as_bytes();
+            w.starts_with(prefix) && w.get(matched) == Some(&lower)
+        })
     }
 
     /// The verb whose word starts with `lower`.

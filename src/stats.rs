@@ -9,49 +9,7 @@
 use crate::wire::ErrorReply;
 
 /// The command words, for `dreadlock_commands_total{command=…}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Verb {
-    Lock,
-    Unlock,
-    Acquire,
-    Info,
-    Stats,
-    Name,
-    Auth,
-    Evict,
-}
-
-impl Verb {
-    /// Every verb, in the order of [`Stats::commands`].
-    pub const ALL: [Verb; 8] = [
-        Verb::Lock,
-        Verb::Unlock,
-        Verb::Acquire,
-        Verb::Info,
-        Verb::Stats,
-        Verb::Name,
-        Verb::Auth,
-        Verb::Evict,
-    ];
-
-    /// The command word as a metric label value.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Verb::Lock => "lock",
-            Verb::Unlock => "unlock",
-            Verb::Acquire => "acquire",
-            Verb::Info => "info",
-            Verb::Stats => "stats",
-            Verb::Name => "name",
-            Verb::Auth => "auth",
-            Verb::Evict => "evict",
-        }
-    }
-
-    const fn index(self) -> usize {
-        self as usize
-    }
-}
+pub use crate::wire::Verb;
 
 /// Why a held lock (or semaphore slot) was released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -184,12 +142,12 @@ pub struct Stats {
 impl Stats {
     /// Counts one complete command.
     pub fn command(&mut self, verb: Verb) {
-        self.commands[verb.index()] += 1;
+        self.commands[verb as usize] += 1;
     }
 
     /// The count of complete commands of `verb`.
     pub fn commands_of(&self, verb: Verb) -> u64 {
-        self.commands[verb.index()]
+        self.commands[verb as usize]
     }
 
     /// All complete commands.
@@ -236,7 +194,7 @@ mod tests {
     #[test]
     fn indices_follow_the_all_lists() {
         for (i, v) in Verb::ALL.into_iter().enumerate() {
-            assert_eq!(v.index(), i);
+            assert_eq!(v as usize, i);
         }
         for (i, c) in ReleaseCause::ALL.into_iter().enumerate() {
             assert_eq!(c as usize, i);

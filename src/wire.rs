@@ -46,6 +46,57 @@ pub const fn is_secret_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'/' | b'=')
 }
 
+/// The command words of the grammar (PROTOCOL.md), matched
+/// case-insensitively.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verb {
+    /// `lock K T`
+    Lock,
+    /// `unlock K`
+    Unlock,
+    /// `acquire K T [N]`
+    Acquire,
+    /// `info K`
+    Info,
+    /// `stats`
+    Stats,
+    /// `name L`
+    Name,
+    /// `auth S`
+    Auth,
+    /// `evict K`
+    Evict,
+}
+
+impl Verb {
+    /// Every verb, in declaration order (`verb as usize` indexes it). No
+    /// word is a prefix of another.
+    pub const ALL: [Verb; 8] = [
+        Verb::Lock,
+        Verb::Unlock,
+        Verb::Acquire,
+        Verb::Info,
+        Verb::Stats,
+        Verb::Name,
+        Verb::Auth,
+        Verb::Evict,
+    ];
+
+    /// The command word, in lower case (also its metric label value).
+    pub const fn word(self) -> &'static str {
+        match self {
+            Verb::Lock => "lock",
+            Verb::Unlock => "unlock",
+            Verb::Acquire => "acquire",
+            Verb::Info => "info",
+            Verb::Stats => "stats",
+            Verb::Name => "name",
+            Verb::Auth => "auth",
+            Verb::Evict => "evict",
+        }
+    }
+}
+
 /// `lock` granted.
 pub const LOCKED: &[u8] = b"l locked\r\n";
 /// A wait ended at its deadline.
