@@ -61,7 +61,7 @@ pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_LOCKS_PER_CONNECTION: usize = 1024;
 
 /// Default bound on the bytes of all held keys (each counted with
-/// `lock_table::KEY_OVERHEAD_BYTES`): 256 MiB, about 2.6 million short keys.
+/// `lock_table::KEY_OVERHEAD_BYTES`): 256 MiB, about 2 million short keys.
 pub const DEFAULT_MAX_KEY_BYTES: usize = 256 << 20;
 
 /// Timeouts of at least this many milliseconds (about 2.1 years) never fire:
@@ -899,6 +899,15 @@ impl Core {
         }
         self.granted = granted;
         self.open -= 1;
+        // Ids past the last open one are dropped (amortized O(1): each was
+        // pushed once), and the vector's block given back once three
+        // quarters of it is unused.
+        while matches!(self.conns.last(), Some(None)) {
+            self.conns.pop();
+        }
+        if self.conns.capacity() > 1024 && self.conns.len() < self.conns.capacity() / 4 {
+            self.conns.shrink_to(self.conns.len() * 2);
+        }
         true
     }
 

@@ -65,7 +65,7 @@ struct Args {
     max_locks_per_connection: usize,
 
     /// Bytes all held keys may take together (each key counts its length
-    /// plus 64), 65 to 1099511627776; a `lock` on a free key beyond it is
+    /// plus 128), 129 to 1099511627776; a `lock` on a free key beyond it is
     /// answered `e lock table full` and changes nothing.
     #[arg(long, value_name = "BYTES", env = "DREADLOCK_MAX_KEY_BYTES",
           default_value_t = core::DEFAULT_MAX_KEY_BYTES,
