@@ -842,6 +842,7 @@ impl<S: Socket> Driver<S> {
                     let now = self.now();
                     self.begin_closing(c, now);
                 }
+                Output::Event(event) => self.log.debug(format_args!("{event}")),
             }
         }
         while let Some(ConnId(c)) = self.core.poll_resumable() {

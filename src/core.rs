@@ -37,6 +37,15 @@
 //! per-iteration budget as fresh input. Until its buffer is used up a
 //! resuming connection takes no new input ([`Core::wants_input`] is false),
 //! and bytes given to it anyway are appended, so commands still run in order.
+//!
+//! # Lock events
+//!
+//! With [`Config::events`] (the daemon's `-v`) the core also reports what
+//! happens to locks as [`Output::Event`]s, in order among the replies:
+//! grants (at once or after a wait), timeouts, releases (by unlock,
+//! disconnect or eviction, with how long the key was held) and evictions,
+//! each naming the connection's peer and name. Off, the lock path tests one
+//! flag and copies nothing.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -142,6 +151,9 @@ pub struct Config {
     pub auth: Option<Secret>,
     /// Delay before `e auth failed`, at least [`MIN_AUTH_DELAY_MS`].
     pub auth_delay_ms: u64,
+    /// Report lock events as [`Output::Event`] (the daemon's `-v`). Off,
+    /// the lock path builds none and copies no key.
+    pub events: bool,
 }
 
 impl Default for Config {
@@ -154,6 +166,7 @@ impl Default for Config {
             token_seed: 1,
             auth: None,
             auth_delay_ms: DEFAULT_AUTH_DELAY_MS,
+            events: false,
         }
     }
 }
@@ -305,6 +318,137 @@ pub enum Output {
     /// has already forgotten it (its locks are released and its wait
     /// withdrawn); do not call `handle_closed` for it.
     Close(ConnId, CloseReason),
+    /// Something happened to a lock (only with [`Config::events`]); for the
+    /// log, nothing to send.
+    Event(Event),
+}
+
+/// Who a lock [`Event`] is about: the connection, its peer and the label of
+/// its last `name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Party {
+    pub conn: ConnId,
+    pub peer: Option<SocketAddr>,
+    pub name: Option<Box<[u8]>>,
+}
+
+impl fmt::Display for Party {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.peer {
+            Some(peer) => write!(f, "client {peer}")?,
+            None => write!(f, "client -")?,
+        }
+        if let Some(name) = &self.name {
+            write!(f, " ({})", name.escape_ascii())?;
+        }
+        Ok(())
+    }
+}
+
+/// A lock event, reported with [`Config::events`]. Durations are µs on the
+/// core's clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `who` was granted a slot of `key` with `token`: at once (`waited_us`
+    /// is `None`), or after waiting in its queue.
+    Granted {
+        who: Party,
+        key: Box<[u8]>,
+        token: u64,
+        waited_us: Option<u64>,
+    },
+    /// `who` was answered `t timeout` for `key` after `waited_us` (0 for a
+    /// try-lock).
+    Timeout {
+        who: Party,
+        key: Box<[u8]>,
+        waited_us: u64,
+    },
+    /// `who` gave up its slot of `key` after holding it `held_us`.
+    Released {
+        who: Party,
+        key: Box<[u8]>,
+        held_us: u64,
+        cause: ReleaseCause,
+    },
+    /// `by` evicted `victim`, a holder of `key` (its releases follow).
+    Evicted {
+        by: Party,
+        victim: Party,
+        key: Box<[u8]>,
+    },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |us: u64| us / 1000;
+        match self {
+            Event::Granted {
+                who,
+                key,
+                token,
+                waited_us: None,
+            } => write!(
+                f,
+                "granted {} to {who} at once, token {token}",
+                key.escape_ascii()
+            ),
+            Event::Granted {
+                who,
+                key,
+                token,
+                waited_us: Some(us),
+            } => write!(
+                f,
+                "granted {} to {who} after waiting {} ms, token {token}",
+                key.escape_ascii(),
+                ms(*us)
+            ),
+            Event::Timeout {
+                who,
+                key,
+                waited_us,
+            } => write!(
+                f,
+                "timeout for {who} on {} after waiting {} ms",
+                key.escape_ascii(),
+                ms(*waited_us)
+            ),
+            Event::Released {
+                who,
+                key,
+                held_us,
+                cause,
+            } => {
+                let how = match cause {
+                    ReleaseCause::Unlock => "unlock",
+                    ReleaseCause::Disconnect => "disconnect",
+                    ReleaseCause::Evict => "eviction",
+                };
+                write!(
+                    f,
+                    "released {} by {who} on {how} after holding it {} ms",
+                    key.escape_ascii(),
+                    ms(*held_us)
+                )
+            }
+            Event::Evicted { by, victim, key } => write!(
+                f,
+                "{by} evicted {victim}, a holder of {}",
+                key.escape_ascii()
+            ),
+        }
+    }
+}
+
+/// `st`'s identity for an event (copies its name).
+#[cold]
+fn party(conn: ConnId, st: &ConnState) -> Party {
+    Party {
+        conn,
+        peer: st.peer,
+        name: st.name.clone(),
+    }
 }
 
 /// Where a connection is with auth.
@@ -638,6 +782,14 @@ impl Core {
                             LockOutcome::Granted { token } => {
                                 self.stats.grants_immediate += 1;
                                 self.stats.wait_granted.record(0);
+                                if self.config.events {
+                                    self.outputs.push_back(Output::Event(Event::Granted {
+                                        who: party(conn, st),
+                                        key: key.into(),
+                                        token,
+                                        waited_us: None,
+                                    }));
+                                }
                                 if acquire {
                                     Reply::acquired(token)
                                 } else {
@@ -652,6 +804,13 @@ impl Core {
                                 // A try-lock: its deadline is now.
                                 self.table.withdraw(conn);
                                 self.stats.wait_timeout.record(0);
+                                if self.config.events {
+                                    self.outputs.push_back(Output::Event(Event::Timeout {
+                                        who: party(conn, st),
+                                        key: key.into(),
+                                        waited_us: 0,
+                                    }));
+                                }
                                 Reply::Timeout
                             }
                             LockOutcome::Queued => {
@@ -668,17 +827,33 @@ impl Core {
                         }
                     }
                 }
-                Command::Unlock => match self.table.unlock(conn, key, now_us) {
-                    UnlockOutcome::Unlocked { granted } => {
-                        self.stats.release(ReleaseCause::Unlock);
-                        if let Some((g, token)) = granted {
-                            self.wake(g, Wake::Granted(token));
+                Command::Unlock => {
+                    // With events on: when the hold being released began.
+                    let since = if self.config.events {
+                        self.table.held_since(conn, key)
+                    } else {
+                        None
+                    };
+                    match self.table.unlock(conn, key, now_us) {
+                        UnlockOutcome::Unlocked { granted } => {
+                            self.stats.release(ReleaseCause::Unlock);
+                            if let Some(since) = since {
+                                self.outputs.push_back(Output::Event(Event::Released {
+                                    who: party(conn, st),
+                                    key: key.into(),
+                                    held_us: now_us.saturating_sub(since),
+                                    cause: ReleaseCause::Unlock,
+                                }));
+                            }
+                            if let Some((g, token)) = granted {
+                                self.wake(g, Wake::Granted(token));
+                            }
+                            Reply::Unlocked
                         }
-                        Reply::Unlocked
+                        UnlockOutcome::NotLocked => Reply::Error(ErrorReply::NotLocked),
+                        UnlockOutcome::NotOwner => Reply::Error(ErrorReply::NotOwner),
                     }
-                    UnlockOutcome::NotLocked => Reply::Error(ErrorReply::NotLocked),
-                    UnlockOutcome::NotOwner => Reply::Error(ErrorReply::NotOwner),
-                },
+                }
                 Command::Name { too_long: true } => Reply::Error(ErrorReply::NameTooLong),
                 Command::Name { too_long: false } => {
                     st.name = Some(key.into());
@@ -715,9 +890,18 @@ impl Core {
                     } else {
                         let mut victims = std::mem::take(&mut self.victims);
                         self.table.holders_of(key, &mut victims);
+                        let by = self.config.events.then(|| (party(conn, st), key.into()));
                         self.reply(conn, Reply::evicted(victims.len() as u64));
                         for v in victims.drain(..) {
                             self.stats.evictions += 1;
+                            if let (Some((by, key)), Some(Some(vst))) = (&by, self.conns.get(v.0)) {
+                                let victim = party(v, vst);
+                                self.outputs.push_back(Output::Event(Event::Evicted {
+                                    by: by.clone(),
+                                    victim,
+                                    key: Box::clone(key),
+                                }));
+                            }
                             self.close(v, CloseReason::Evicted, ReleaseCause::Evict);
                         }
                         self.victims = victims;
@@ -827,6 +1011,24 @@ impl Core {
             }
         }
         let waited_us = self.now_us.saturating_sub(st.wait_since_us);
+        if self.config.events {
+            // The parser has not moved since the waiting `lock`: the bytes
+            // behind it are buffered unparsed, so its key is still there.
+            let (who, key) = (party(conn, st), st.parser.key().into());
+            self.outputs.push_back(Output::Event(match wake {
+                Wake::Granted(token) => Event::Granted {
+                    who,
+                    key,
+                    token,
+                    waited_us: Some(waited_us),
+                },
+                Wake::Timeout => Event::Timeout {
+                    who,
+                    key,
+                    waited_us,
+                },
+            }));
+        }
         let reply = match wake {
             Wake::Granted(token) => {
                 self.stats.grants_queued += 1;
@@ -891,6 +1093,18 @@ impl Core {
         }
         for _ in 0..self.table.held_by(conn) {
             self.stats.release(cause);
+        }
+        if self.config.events {
+            let who = party(conn, &st);
+            let (now_us, outputs) = (self.now_us, &mut self.outputs);
+            self.table.for_each_held(conn, |key, granted_us| {
+                outputs.push_back(Output::Event(Event::Released {
+                    who: who.clone(),
+                    key: key.into(),
+                    held_us: now_us.saturating_sub(granted_us),
+                    cause,
+                }));
+            });
         }
         let mut granted = std::mem::take(&mut self.granted);
         self.table.close(conn, self.now_us, &mut granted);
@@ -1018,6 +1232,7 @@ mod tests {
                 v.push(match o {
                     Output::Reply(c, r) => (c.0, String::from_utf8_lossy(&r.to_bytes()).into()),
                     Output::Close(c, _) => (c.0, "CLOSE".into()),
+                    Output::Event(e) => (usize::MAX, e.to_string()),
                 });
             }
             v
@@ -1026,6 +1241,60 @@ mod tests {
 
     fn r(c: usize, s: &str) -> (usize, String) {
         (c, s.to_string())
+    }
+
+    /// With `events` on, every grant (at once or after a wait), timeout,
+    /// release (unlock, disconnect, eviction) and eviction is an event
+    /// naming the connection's peer and name; with it off, none is.
+    #[test]
+    fn lock_events() {
+        let ev = |s: &str| r(usize::MAX, s);
+        for events in [false, true] {
+            let mut f = Fixture::with(
+                Config {
+                    events,
+                    token_seed: 10,
+                    ..Config::default()
+                },
+                4,
+            );
+            f.send(0, "name w0\r\nlock k 0\r\nlock t 0\r\n");
+            f.send(1, "lock k 10\r\nlock t 0\r\n");
+            f.send(2, "lock k 1000\r\n");
+            f.advance_ms(30);
+            f.send(0, "unlock k\r\n");
+            f.advance_ms(5);
+            f.send(3, "lock t 0\r\nevict k\r\n");
+            f.advance_ms(7);
+            f.core.handle_closed(ConnId(0), f.now_us);
+            let got: Vec<_> = f
+                .out()
+                .into_iter()
+                .filter(|(c, _)| *c == usize::MAX)
+                .collect();
+            if !events {
+                assert_eq!(got, vec![]);
+                continue;
+            }
+            assert_eq!(
+                got,
+                vec![
+                    ev("granted k to client 127.0.0.1:5000 (w0) at once, token 10"),
+                    ev("granted t to client 127.0.0.1:5000 (w0) at once, token 11"),
+                    ev("timeout for client 127.0.0.1:5001 on k after waiting 30 ms"),
+                    ev("released k by client 127.0.0.1:5000 (w0) on unlock after holding it 30 ms"),
+                    ev("granted k to client 127.0.0.1:5002 after waiting 30 ms, token 12"),
+                    ev("timeout for client 127.0.0.1:5003 on t after waiting 0 ms"),
+                    ev("client 127.0.0.1:5003 evicted client 127.0.0.1:5002, a holder of k"),
+                    ev("released k by client 127.0.0.1:5002 on eviction after holding it 5 ms"),
+                    ev(
+                        "released t by client 127.0.0.1:5000 (w0) on disconnect after holding it 42 ms"
+                    ),
+                    // Resumed last: the try-lock buffered behind its wait.
+                    ev("granted t to client 127.0.0.1:5001 at once, token 13"),
+                ]
+            );
+        }
     }
 
     #[test]

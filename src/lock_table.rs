@@ -310,6 +310,26 @@ impl<S: BuildHasher> LockTable<S> {
         self.key_bytes
     }
 
+    /// When `conn`'s hold on `key` was granted (µs), if it holds it.
+    pub fn held_since(&self, conn: ConnId, key: &[u8]) -> Option<u64> {
+        let h = self.find_hold(self.find(key)?, conn)?;
+        Some(self.holds[h as usize].granted_us)
+    }
+
+    /// Calls `f` with the key and grant time (µs) of each of `conn`'s holds.
+    pub fn for_each_held(&self, conn: ConnId, mut f: impl FnMut(&[u8], u64)) {
+        let Some(c) = self.conns.get(conn.0) else {
+            return;
+        };
+        for &h in &c.held {
+            let hold = &self.holds[h as usize];
+            f(
+                self.entries[hold.entry as usize].key.as_slice(),
+                hold.granted_us,
+            );
+        }
+    }
+
     /// Registers a connection. Its id must not be open already.
     pub fn open(&mut self, conn: ConnId) {
         if self.conns.len() <= conn.0 {

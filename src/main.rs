@@ -107,7 +107,9 @@ struct Args {
           value_parser = ranged::<u64>(0, MAX_BUSY_POLL_US))]
     busy_poll_us: u64,
 
-    /// Log every connection and disconnection too.
+    /// Log every connection and disconnection, and every lock event: who
+    /// (peer and name) was granted which key at once or after how long,
+    /// timeouts, releases (how long held) and evictions.
     #[arg(short, long, env = "DREADLOCK_VERBOSE", conflicts_with = "quiet")]
     verbose: bool,
 
@@ -275,6 +277,8 @@ fn run(args: Args, activated: std::io::Result<Option<std::net::TcpListener>>) ->
             token_seed,
             auth,
             auth_delay_ms: args.auth_delay_ms,
+            // `-v` logs lock events (grants, timeouts, releases, evictions).
+            events: level >= Level::Debug,
         },
         allow: dreadlock::allow::AllowList::new(args.allow.clone()),
         max_output_bytes: args.max_output_bytes,
