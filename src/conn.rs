@@ -842,8 +842,10 @@ impl<S: Socket> Driver<S> {
                     let now = self.now();
                     self.begin_closing(c, now);
                 }
-                Output::Event(event) => self.log.debug(format_args!("{event}")),
             }
+        }
+        while let Some(event) = self.core.poll_event() {
+            self.log.debug(format_args!("{event}"));
         }
         while let Some(ConnId(c)) = self.core.poll_resumable() {
             if self.conns[c].phase == Phase::Open {

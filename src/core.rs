@@ -41,7 +41,7 @@
 //! # Lock events
 //!
 //! With [`Config::events`] (the daemon's `-v`) the core also reports what
-//! happens to locks as [`Output::Event`]s, in order among the replies:
+//! happens to locks, through [`Core::poll_event`]:
 //! grants (at once or after a wait), timeouts, releases (by unlock,
 //! disconnect or eviction, with how long the key was held) and evictions,
 //! each naming the connection's peer and name. Off, the lock path tests one
@@ -151,7 +151,7 @@ pub struct Config {
     pub auth: Option<Secret>,
     /// Delay before `e auth failed`, at least [`MIN_AUTH_DELAY_MS`].
     pub auth_delay_ms: u64,
-    /// Report lock events as [`Output::Event`] (the daemon's `-v`). Off,
+    /// Report lock events through [`Core::poll_event`] (the daemon's `-v`). Off,
     /// the lock path builds none and copies no key.
     pub events: bool,
 }
@@ -318,9 +318,6 @@ pub enum Output {
     /// has already forgotten it (its locks are released and its wait
     /// withdrawn); do not call `handle_closed` for it.
     Close(ConnId, CloseReason),
-    /// Something happened to a lock (only with [`Config::events`]); for the
-    /// log, nothing to send.
-    Event(Event),
 }
 
 /// Who a lock [`Event`] is about: the connection, its peer and the label of
@@ -442,12 +439,120 @@ impl fmt::Display for Event {
 }
 
 /// `st`'s identity for an event (copies its name).
-#[cold]
 fn party(conn: ConnId, st: &ConnState) -> Party {
     Party {
         conn,
         peer: st.peer,
         name: st.name.clone(),
+    }
+}
+
+// The events' code is out of line, so that the lock path, with events off,
+// pays only the test of the flag.
+
+#[cold]
+#[inline(never)]
+fn push_event(events: &mut VecDeque<Event>, event: Event) {
+    events.push_back(event);
+}
+
+/// `conn` (`st`) was granted `key` with `token`, at once or after `waited_us`.
+#[cold]
+#[inline(never)]
+fn event_granted(
+    events: &mut VecDeque<Event>,
+    conn: ConnId,
+    st: &ConnState,
+    key: &[u8],
+    token: u64,
+    waited_us: Option<u64>,
+) {
+    let who = party(conn, st);
+    let key = key.into();
+    push_event(
+        events,
+        Event::Granted {
+            who,
+            key,
+            token,
+            waited_us,
+        },
+    );
+}
+
+/// `conn` (`st`) was answered `t timeout` for `key` after `waited_us`.
+#[cold]
+#[inline(never)]
+fn event_timeout(
+    events: &mut VecDeque<Event>,
+    conn: ConnId,
+    st: &ConnState,
+    key: &[u8],
+    waited_us: u64,
+) {
+    let who = party(conn, st);
+    let key = key.into();
+    push_event(
+        events,
+        Event::Timeout {
+            who,
+            key,
+            waited_us,
+        },
+    );
+}
+
+/// `conn` (`st`) is about to unlock `key`: if it holds it, its release.
+#[cold]
+#[inline(never)]
+fn event_unlock(
+    events: &mut VecDeque<Event>,
+    table: &LockTable,
+    conn: ConnId,
+    st: &ConnState,
+    key: &[u8],
+    now_us: u64,
+) {
+    if let Some(since) = table.held_since(conn, key) {
+        let event = Event::Released {
+            who: party(conn, st),
+            key: key.into(),
+            held_us: now_us.saturating_sub(since),
+            cause: ReleaseCause::Unlock,
+        };
+        push_event(events, event);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn copy_key(key: &[u8]) -> Box<[u8]> {
+    key.into()
+}
+
+/// `by` evicts `victims`, the holders of `key`.
+#[cold]
+#[inline(never)]
+fn event_evictions(
+    events: &mut VecDeque<Event>,
+    conns: &[Option<ConnState>],
+    by: ConnId,
+    key: &[u8],
+    victims: &[ConnId],
+) {
+    let Some(Some(st)) = conns.get(by.0) else {
+        return;
+    };
+    let by_party = party(by, st);
+    for &v in victims {
+        if let Some(Some(vst)) = conns.get(v.0) {
+            let event = Event::Evicted {
+                by: by_party.clone(),
+                victim: party(v, vst),
+                key: key.into(),
+            };
+            push_event(events, event);
+        }
     }
 }
 
@@ -495,6 +600,8 @@ pub struct Core {
     conns: Vec<Option<ConnState>>,
     open: usize,
     outputs: VecDeque<Output>,
+    /// Lock events for `poll_event` (only with `Config::events`).
+    events: VecDeque<Event>,
     /// Connections whose wait ended, in that order, for `poll_resumable`.
     resume: VecDeque<ConnId>,
     granted: Vec<(ConnId, u64)>,
@@ -545,6 +652,7 @@ impl Core {
             conns: Vec::new(),
             open: 0,
             outputs: VecDeque::new(),
+            events: VecDeque::new(),
             resume: VecDeque::new(),
             granted: Vec::new(),
             victims: Vec::new(),
@@ -711,6 +819,11 @@ impl Core {
         self.outputs.pop_front()
     }
 
+    /// The next lock event, in order (only with [`Config::events`]).
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
     /// When `handle_timeout` should be called next (µs), if any timer is
     /// pending. May be earlier than the first deadline, never later.
     pub fn poll_timeout(&self) -> Option<u64> {
@@ -783,12 +896,7 @@ impl Core {
                                 self.stats.grants_immediate += 1;
                                 self.stats.wait_granted.record(0);
                                 if self.config.events {
-                                    self.outputs.push_back(Output::Event(Event::Granted {
-                                        who: party(conn, st),
-                                        key: key.into(),
-                                        token,
-                                        waited_us: None,
-                                    }));
+                                    event_granted(&mut self.events, conn, st, key, token, None);
                                 }
                                 if acquire {
                                     Reply::acquired(token)
@@ -805,11 +913,7 @@ impl Core {
                                 self.table.withdraw(conn);
                                 self.stats.wait_timeout.record(0);
                                 if self.config.events {
-                                    self.outputs.push_back(Output::Event(Event::Timeout {
-                                        who: party(conn, st),
-                                        key: key.into(),
-                                        waited_us: 0,
-                                    }));
+                                    event_timeout(&mut self.events, conn, st, key, 0);
                                 }
                                 Reply::Timeout
                             }
@@ -828,23 +932,12 @@ impl Core {
                     }
                 }
                 Command::Unlock => {
-                    // With events on: when the hold being released began.
-                    let since = if self.config.events {
-                        self.table.held_since(conn, key)
-                    } else {
-                        None
-                    };
+                    if self.config.events {
+                        event_unlock(&mut self.events, &self.table, conn, st, key, now_us);
+                    }
                     match self.table.unlock(conn, key, now_us) {
                         UnlockOutcome::Unlocked { granted } => {
                             self.stats.release(ReleaseCause::Unlock);
-                            if let Some(since) = since {
-                                self.outputs.push_back(Output::Event(Event::Released {
-                                    who: party(conn, st),
-                                    key: key.into(),
-                                    held_us: now_us.saturating_sub(since),
-                                    cause: ReleaseCause::Unlock,
-                                }));
-                            }
                             if let Some((g, token)) = granted {
                                 self.wake(g, Wake::Granted(token));
                             }
@@ -890,18 +983,13 @@ impl Core {
                     } else {
                         let mut victims = std::mem::take(&mut self.victims);
                         self.table.holders_of(key, &mut victims);
-                        let by = self.config.events.then(|| (party(conn, st), key.into()));
+                        if self.config.events {
+                            let key = copy_key(key);
+                            event_evictions(&mut self.events, &self.conns, conn, &key, &victims);
+                        }
                         self.reply(conn, Reply::evicted(victims.len() as u64));
                         for v in victims.drain(..) {
                             self.stats.evictions += 1;
-                            if let (Some((by, key)), Some(Some(vst))) = (&by, self.conns.get(v.0)) {
-                                let victim = party(v, vst);
-                                self.outputs.push_back(Output::Event(Event::Evicted {
-                                    by: by.clone(),
-                                    victim,
-                                    key: Box::clone(key),
-                                }));
-                            }
                             self.close(v, CloseReason::Evicted, ReleaseCause::Evict);
                         }
                         self.victims = victims;
@@ -1014,20 +1102,13 @@ impl Core {
         if self.config.events {
             // The parser has not moved since the waiting `lock`: the bytes
             // behind it are buffered unparsed, so its key is still there.
-            let (who, key) = (party(conn, st), st.parser.key().into());
-            self.outputs.push_back(Output::Event(match wake {
-                Wake::Granted(token) => Event::Granted {
-                    who,
-                    key,
-                    token,
-                    waited_us: Some(waited_us),
-                },
-                Wake::Timeout => Event::Timeout {
-                    who,
-                    key,
-                    waited_us,
-                },
-            }));
+            let key = st.parser.key();
+            match wake {
+                Wake::Granted(token) => {
+                    event_granted(&mut self.events, conn, st, key, token, Some(waited_us))
+                }
+                Wake::Timeout => event_timeout(&mut self.events, conn, st, key, waited_us),
+            }
         }
         let reply = match wake {
             Wake::Granted(token) => {
@@ -1096,14 +1177,15 @@ impl Core {
         }
         if self.config.events {
             let who = party(conn, &st);
-            let (now_us, outputs) = (self.now_us, &mut self.outputs);
+            let (now_us, events) = (self.now_us, &mut self.events);
             self.table.for_each_held(conn, |key, granted_us| {
-                outputs.push_back(Output::Event(Event::Released {
+                let event = Event::Released {
                     who: who.clone(),
                     key: key.into(),
                     held_us: now_us.saturating_sub(granted_us),
                     cause,
-                }));
+                };
+                push_event(events, event);
             });
         }
         let mut granted = std::mem::take(&mut self.granted);
@@ -1232,8 +1314,10 @@ mod tests {
                 v.push(match o {
                     Output::Reply(c, r) => (c.0, String::from_utf8_lossy(&r.to_bytes()).into()),
                     Output::Close(c, _) => (c.0, "CLOSE".into()),
-                    Output::Event(e) => (usize::MAX, e.to_string()),
                 });
+            }
+            while let Some(e) = self.core.poll_event() {
+                v.push((usize::MAX, e.to_string()));
             }
             v
         }

@@ -1227,14 +1227,13 @@ impl CoreHarness {
 
     /// Drains the core's outputs into `got`.
     fn collect(&mut self) {
+        while let Some(e) = self.core.poll_event() {
+            self.check_event(&e);
+        }
         while let Some(o) = self.core.poll_output() {
             let (conn, out) = match o {
                 Output::Reply(c, r) => (c, Out::Reply(r)),
                 Output::Close(c, e) => (c, Out::Close(None, Some(e))),
-                Output::Event(e) => {
-                    self.check_event(&e);
-                    continue;
-                }
             };
             let pos = self.outputs;
             self.outputs += 1;

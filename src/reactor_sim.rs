@@ -334,7 +334,6 @@ impl Shadow {
                         let k = self.client(c);
                         self.closed_by_error[k] = true;
                     }
-                    Output::Event(_) => {}
                 }
             }
             while self.core.poll_resumable().is_some() {}
