@@ -844,6 +844,9 @@ impl<S: Socket> Driver<S> {
                 }
             }
         }
+        while let Some(event) = self.core.poll_event() {
+            self.log.debug(format_args!("{event}"));
+        }
         while let Some(ConnId(c)) = self.core.poll_resumable() {
             if self.conns[c].phase == Phase::Open {
                 self.conns[c].resuming = true;

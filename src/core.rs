@@ -39,6 +39,15 @@
 //! per-iteration budget as fresh input. Until its buffer is used up a
 //! resuming connection takes no new input ([`Core::wants_input`] is false),
 //! and bytes given to it anyway are appended, so commands still run in order.
+//!
+//! # Lock events
+//!
+//! With [`Config::events`] (the daemon's `-v`) the core also reports what
+//! happens to locks, through [`Core::poll_event`]:
+//! grants (at once or after a wait), timeouts, releases (by unlock,
+//! disconnect or eviction, with how long the key was held) and evictions,
+//! each naming the connection's peer and name. Off, the lock path tests one
+//! flag and copies nothing.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -63,7 +72,7 @@ pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_LOCKS_PER_CONNECTION: usize = 1024;
 
 /// Default bound on the bytes of all held keys (each counted with
-/// `lock_table::KEY_OVERHEAD_BYTES`): 256 MiB, about 2.6 million short keys.
+/// `lock_table::KEY_OVERHEAD_BYTES`): 256 MiB, about 2 million short keys.
 pub const DEFAULT_MAX_KEY_BYTES: usize = 256 << 20;
 
 /// Timeouts of at least this many milliseconds (about 2.1 years) never fire:
@@ -148,6 +157,9 @@ pub struct Config {
     pub auth: Option<Secret>,
     /// Delay before `e auth failed`, at least [`MIN_AUTH_DELAY_MS`].
     pub auth_delay_ms: u64,
+    /// Report lock events through [`Core::poll_event`] (the daemon's `-v`). Off,
+    /// the lock path builds none and copies no key.
+    pub events: bool,
 }
 
 impl Default for Config {
@@ -160,6 +172,7 @@ impl Default for Config {
             token_seed: 1,
             auth: None,
             auth_delay_ms: DEFAULT_AUTH_DELAY_MS,
+            events: false,
         }
     }
 }
@@ -332,6 +345,242 @@ pub enum Output {
     Close(ConnId, CloseReason),
 }
 
+/// Who a lock [`Event`] is about: the connection, its peer and the label of
+/// its last `name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Party {
+    pub conn: ConnId,
+    pub peer: Option<SocketAddr>,
+    pub name: Option<Box<[u8]>>,
+}
+
+impl fmt::Display for Party {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.peer {
+            Some(peer) => write!(f, "client {peer}")?,
+            None => write!(f, "client -")?,
+        }
+        if let Some(name) = &self.name {
+            write!(f, " ({})", name.escape_ascii())?;
+        }
+        Ok(())
+    }
+}
+
+/// A lock event, reported with [`Config::events`]. Durations are µs on the
+/// core's clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `who` was granted a slot of `key` with `token`: at once (`waited_us`
+    /// is `None`), or after waiting in its queue.
+    Granted {
+        who: Party,
+        key: Box<[u8]>,
+        token: u64,
+        waited_us: Option<u64>,
+    },
+    /// `who` was answered `t timeout` for `key` after `waited_us` (0 for a
+    /// try-lock).
+    Timeout {
+        who: Party,
+        key: Box<[u8]>,
+        waited_us: u64,
+    },
+    /// `who` gave up its slot of `key` after holding it `held_us`.
+    Released {
+        who: Party,
+        key: Box<[u8]>,
+        held_us: u64,
+        cause: ReleaseCause,
+    },
+    /// `by` evicted `victim`, a holder of `key` (its releases follow).
+    Evicted {
+        by: Party,
+        victim: Party,
+        key: Box<[u8]>,
+    },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |us: u64| us / 1000;
+        match self {
+            Event::Granted {
+                who,
+                key,
+                token,
+                waited_us: None,
+            } => write!(
+                f,
+                "granted {} to {who} at once, token {token}",
+                key.escape_ascii()
+            ),
+            Event::Granted {
+                who,
+                key,
+                token,
+                waited_us: Some(us),
+            } => write!(
+                f,
+                "granted {} to {who} after waiting {} ms, token {token}",
+                key.escape_ascii(),
+                ms(*us)
+            ),
+            Event::Timeout {
+                who,
+                key,
+                waited_us,
+            } => write!(
+                f,
+                "timeout for {who} on {} after waiting {} ms",
+                key.escape_ascii(),
+                ms(*waited_us)
+            ),
+            Event::Released {
+                who,
+                key,
+                held_us,
+                cause,
+            } => {
+                let how = match cause {
+                    ReleaseCause::Unlock => "unlock",
+                    ReleaseCause::Disconnect => "disconnect",
+                    ReleaseCause::Evict => "eviction",
+                };
+                write!(
+                    f,
+                    "released {} by {who} on {how} after holding it {} ms",
+                    key.escape_ascii(),
+                    ms(*held_us)
+                )
+            }
+            Event::Evicted { by, victim, key } => write!(
+                f,
+                "{by} evicted {victim}, a holder of {}",
+                key.escape_ascii()
+            ),
+        }
+    }
+}
+
+/// `st`'s identity for an event (copies its name).
+fn party(conn: ConnId, st: &ConnState) -> Party {
+    Party {
+        conn,
+        peer: st.peer,
+        name: st.name.clone(),
+    }
+}
+
+// The events' code is out of line, so that the lock path, with events off,
+// pays only the test of the flag.
+
+#[cold]
+#[inline(never)]
+fn push_event(events: &mut VecDeque<Event>, event: Event) {
+    events.push_back(event);
+}
+
+/// `conn` (`st`) was granted `key` with `token`, at once or after `waited_us`.
+#[cold]
+#[inline(never)]
+fn event_granted(
+    events: &mut VecDeque<Event>,
+    conn: ConnId,
+    st: &ConnState,
+    key: &[u8],
+    token: u64,
+    waited_us: Option<u64>,
+) {
+    let who = party(conn, st);
+    let key = key.into();
+    push_event(
+        events,
+        Event::Granted {
+            who,
+            key,
+            token,
+            waited_us,
+        },
+    );
+}
+
+/// `conn` (`st`) was answered `t timeout` for `key` after `waited_us`.
+#[cold]
+#[inline(never)]
+fn event_timeout(
+    events: &mut VecDeque<Event>,
+    conn: ConnId,
+    st: &ConnState,
+    key: &[u8],
+    waited_us: u64,
+) {
+    let who = party(conn, st);
+    let key = key.into();
+    push_event(
+        events,
+        Event::Timeout {
+            who,
+            key,
+            waited_us,
+        },
+    );
+}
+
+/// `conn` (`st`) is about to unlock `key`: if it holds it, its release.
+#[cold]
+#[inline(never)]
+fn event_unlock(
+    events: &mut VecDeque<Event>,
+    table: &LockTable,
+    conn: ConnId,
+    st: &ConnState,
+    key: &[u8],
+    now_us: u64,
+) {
+    if let Some(since) = table.held_since(conn, key) {
+        let event = Event::Released {
+            who: party(conn, st),
+            key: key.into(),
+            held_us: now_us.saturating_sub(since),
+            cause: ReleaseCause::Unlock,
+        };
+        push_event(events, event);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn copy_key(key: &[u8]) -> Box<[u8]> {
+    key.into()
+}
+
+/// `by` evicts `victims`, the holders of `key`.
+#[cold]
+#[inline(never)]
+fn event_evictions(
+    events: &mut VecDeque<Event>,
+    conns: &[Option<ConnState>],
+    by: ConnId,
+    key: &[u8],
+    victims: &[ConnId],
+) {
+    let Some(Some(st)) = conns.get(by.0) else {
+        return;
+    };
+    let by_party = party(by, st);
+    for &v in victims {
+        if let Some(Some(vst)) = conns.get(v.0) {
+            let event = Event::Evicted {
+                by: by_party.clone(),
+                victim: party(v, vst),
+                key: key.into(),
+            };
+            push_event(events, event);
+        }
+    }
+}
+
 /// Where a connection is with auth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AuthState {
@@ -376,6 +625,8 @@ pub struct Core {
     conns: Vec<Option<ConnState>>,
     open: usize,
     outputs: VecDeque<Output>,
+    /// Lock events for `poll_event` (only with `Config::events`).
+    events: VecDeque<Event>,
     /// Connections whose wait ended, in that order, for `poll_resumable`.
     resume: VecDeque<ConnId>,
     granted: Vec<(ConnId, u64)>,
@@ -426,6 +677,7 @@ impl Core {
             conns: Vec::new(),
             open: 0,
             outputs: VecDeque::new(),
+            events: VecDeque::new(),
             resume: VecDeque::new(),
             granted: Vec::new(),
             victims: Vec::new(),
@@ -592,6 +844,11 @@ impl Core {
         self.outputs.pop_front()
     }
 
+    /// The next lock event, in order (only with [`Config::events`]).
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
     /// When `handle_timeout` should be called next (µs), if any timer is
     /// pending. May be earlier than the first deadline, never later.
     pub fn poll_timeout(&self) -> Option<u64> {
@@ -663,6 +920,9 @@ impl Core {
                             LockOutcome::Granted { token } => {
                                 self.stats.grants_immediate += 1;
                                 self.stats.wait_granted.record(0);
+                                if self.config.events {
+                                    event_granted(&mut self.events, conn, st, key, token, None);
+                                }
                                 if acquire {
                                     Reply::acquired(token)
                                 } else {
@@ -677,6 +937,9 @@ impl Core {
                                 // A try-lock: its deadline is now.
                                 self.table.withdraw(conn);
                                 self.stats.wait_timeout.record(0);
+                                if self.config.events {
+                                    event_timeout(&mut self.events, conn, st, key, 0);
+                                }
                                 Reply::Timeout
                             }
                             LockOutcome::Queued => {
@@ -692,17 +955,22 @@ impl Core {
                         }
                     }
                 }
-                Command::Unlock => match self.table.unlock(conn, key, now_us) {
-                    UnlockOutcome::Unlocked { granted } => {
-                        self.stats.release(ReleaseCause::Unlock);
-                        if let Some((g, token)) = granted {
-                            self.wake(g, Wake::Granted(token));
-                        }
-                        Reply::Unlocked
+                Command::Unlock => {
+                    if self.config.events {
+                        event_unlock(&mut self.events, &self.table, conn, st, key, now_us);
                     }
-                    UnlockOutcome::NotLocked => Reply::Error(ErrorReply::NotLocked),
-                    UnlockOutcome::NotOwner => Reply::Error(ErrorReply::NotOwner),
-                },
+                    match self.table.unlock(conn, key, now_us) {
+                        UnlockOutcome::Unlocked { granted } => {
+                            self.stats.release(ReleaseCause::Unlock);
+                            if let Some((g, token)) = granted {
+                                self.wake(g, Wake::Granted(token));
+                            }
+                            Reply::Unlocked
+                        }
+                        UnlockOutcome::NotLocked => Reply::Error(ErrorReply::NotLocked),
+                        UnlockOutcome::NotOwner => Reply::Error(ErrorReply::NotOwner),
+                    }
+                }
                 Command::Name { too_long: true } => Reply::Error(ErrorReply::NameTooLong),
                 Command::Name { too_long: false } => {
                     st.name = Some(key.into());
@@ -738,6 +1006,10 @@ impl Core {
                     } else {
                         let mut victims = std::mem::take(&mut self.victims);
                         self.table.holders_of(key, &mut victims);
+                        if self.config.events {
+                            let key = copy_key(key);
+                            event_evictions(&mut self.events, &self.conns, conn, &key, &victims);
+                        }
                         self.reply(conn, Reply::evicted(victims.len() as u64));
                         for v in victims.drain(..) {
                             self.stats.evictions += 1;
@@ -850,6 +1122,17 @@ impl Core {
             }
         }
         let waited_us = self.now_us.saturating_sub(st.wait_since_us);
+        if self.config.events {
+            // The parser has not moved since the waiting `lock`: the bytes
+            // behind it are buffered unparsed, so its key is still there.
+            let key = st.parser.key();
+            match wake {
+                Wake::Granted(token) => {
+                    event_granted(&mut self.events, conn, st, key, token, Some(waited_us))
+                }
+                Wake::Timeout => event_timeout(&mut self.events, conn, st, key, waited_us),
+            }
+        }
         let reply = match wake {
             Wake::Granted(token) => {
                 self.stats.grants_queued += 1;
@@ -914,6 +1197,19 @@ impl Core {
         for _ in 0..self.table.held_by(conn) {
             self.stats.release(cause);
         }
+        if self.config.events {
+            let who = party(conn, &st);
+            let (now_us, events) = (self.now_us, &mut self.events);
+            self.table.for_each_held(conn, |key, granted_us| {
+                let event = Event::Released {
+                    who: who.clone(),
+                    key: key.into(),
+                    held_us: now_us.saturating_sub(granted_us),
+                    cause,
+                };
+                push_event(events, event);
+            });
+        }
         let mut granted = std::mem::take(&mut self.granted);
         self.table.close(conn, self.now_us, &mut granted);
         for (g, token) in granted.drain(..) {
@@ -921,6 +1217,15 @@ impl Core {
         }
         self.granted = granted;
         self.open -= 1;
+        // Ids past the last open one are dropped (amortized O(1): each was
+        // pushed once), and the vector's block given back once three
+        // quarters of it is unused.
+        while matches!(self.conns.last(), Some(None)) {
+            self.conns.pop();
+        }
+        if self.conns.capacity() > 1024 && self.conns.len() < self.conns.capacity() / 4 {
+            self.conns.shrink_to(self.conns.len() * 2);
+        }
         true
     }
 
@@ -1033,12 +1338,69 @@ mod tests {
                     Output::Close(c, _) => (c.0, "CLOSE".into()),
                 });
             }
+            while let Some(e) = self.core.poll_event() {
+                v.push((usize::MAX, e.to_string()));
+            }
             v
         }
     }
 
     fn r(c: usize, s: &str) -> (usize, String) {
         (c, s.to_string())
+    }
+
+    /// With `events` on, every grant (at once or after a wait), timeout,
+    /// release (unlock, disconnect, eviction) and eviction is an event
+    /// naming the connection's peer and name; with it off, none is.
+    #[test]
+    fn lock_events() {
+        let ev = |s: &str| r(usize::MAX, s);
+        for events in [false, true] {
+            let mut f = Fixture::with(
+                Config {
+                    events,
+                    token_seed: 10,
+                    ..Config::default()
+                },
+                4,
+            );
+            f.send(0, "name w0\r\nlock k 0\r\nlock t 0\r\n");
+            f.send(1, "lock k 10\r\nlock t 0\r\n");
+            f.send(2, "lock k 1000\r\n");
+            f.advance_ms(30);
+            f.send(0, "unlock k\r\n");
+            f.advance_ms(5);
+            f.send(3, "lock t 0\r\nevict k\r\n");
+            f.advance_ms(7);
+            f.core.handle_closed(ConnId(0), f.now_us);
+            let got: Vec<_> = f
+                .out()
+                .into_iter()
+                .filter(|(c, _)| *c == usize::MAX)
+                .collect();
+            if !events {
+                assert_eq!(got, vec![]);
+                continue;
+            }
+            assert_eq!(
+                got,
+                vec![
+                    ev("granted k to client 127.0.0.1:5000 (w0) at once, token 10"),
+                    ev("granted t to client 127.0.0.1:5000 (w0) at once, token 11"),
+                    ev("timeout for client 127.0.0.1:5001 on k after waiting 30 ms"),
+                    ev("released k by client 127.0.0.1:5000 (w0) on unlock after holding it 30 ms"),
+                    ev("granted k to client 127.0.0.1:5002 after waiting 30 ms, token 12"),
+                    ev("timeout for client 127.0.0.1:5003 on t after waiting 0 ms"),
+                    ev("client 127.0.0.1:5003 evicted client 127.0.0.1:5002, a holder of k"),
+                    ev("released k by client 127.0.0.1:5002 on eviction after holding it 5 ms"),
+                    ev(
+                        "released t by client 127.0.0.1:5000 (w0) on disconnect after holding it 42 ms"
+                    ),
+                    // Resumed last: the try-lock buffered behind its wait.
+                    ev("granted t to client 127.0.0.1:5001 at once, token 13"),
+                ]
+            );
+        }
     }
 
     #[test]

@@ -65,7 +65,7 @@ struct Args {
     max_locks_per_connection: usize,
 
     /// Bytes all held keys may take together (each key counts its length
-    /// plus 64), 65 to 1099511627776; a `lock` on a free key beyond it is
+    /// plus 128), 129 to 1099511627776; a `lock` on a free key beyond it is
     /// answered `e lock table full` and changes nothing.
     #[arg(long, value_name = "BYTES", env = "DREADLOCK_MAX_KEY_BYTES",
           default_value_t = core::DEFAULT_MAX_KEY_BYTES,
@@ -107,7 +107,9 @@ struct Args {
           value_parser = ranged::<u64>(0, MAX_BUSY_POLL_US))]
     busy_poll_us: u64,
 
-    /// Log every connection and disconnection too.
+    /// Log every connection and disconnection, and every lock event: who
+    /// (peer and name) was granted which key at once or after how long,
+    /// timeouts, releases (how long held) and evictions.
     #[arg(short, long, env = "DREADLOCK_VERBOSE", conflicts_with = "quiet")]
     verbose: bool,
 
@@ -275,6 +277,8 @@ fn run(args: Args, activated: std::io::Result<Option<std::net::TcpListener>>) ->
             token_seed,
             auth,
             auth_delay_ms: args.auth_delay_ms,
+            // `-v` logs lock events (grants, timeouts, releases, evictions).
+            events: level >= Level::Debug,
         },
         allow: dreadlock::allow::AllowList::new(args.allow.clone()),
         max_output_bytes: args.max_output_bytes,

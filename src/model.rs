@@ -41,7 +41,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use crate::core::{
-    CloseReason, Config, Core, INFINITE_TIMEOUT_MS, MIN_AUTH_DELAY_MS, Output, Reply, Secret,
+    CloseReason, Config, Core, Event, INFINITE_TIMEOUT_MS, MIN_AUTH_DELAY_MS, Output, Reply, Secret,
 };
 use crate::lock_table::{ConnId, KEY_OVERHEAD_BYTES};
 use crate::parser::{
@@ -1182,8 +1182,52 @@ impl CoreHarness {
         }
     }
 
+    /// A lock event (with `Config::events`) names a known connection, a key
+    /// the line limit allows, a token from the seed on and a duration within
+    /// the run.
+    fn check_event(&self, e: &Event) {
+        assert!(self.config.events, "event with events off: {e:?}");
+        let elapsed = self.now_us - self.start_us;
+        let (who, key, us) = match e {
+            Event::Granted {
+                who,
+                key,
+                token,
+                waited_us,
+            } => {
+                assert!(*token >= self.config.token_seed.max(1), "{e:?}");
+                (who, key, waited_us.unwrap_or(0))
+            }
+            Event::Timeout {
+                who,
+                key,
+                waited_us,
+            } => (who, key, *waited_us),
+            Event::Released {
+                who, key, held_us, ..
+            } => (who, key, *held_us),
+            Event::Evicted { by, victim, key } => {
+                assert!(victim.conn.0 < self.conns.len(), "{e:?}");
+                (by, key, 0)
+            }
+        };
+        assert!(
+            who.conn.0 < self.conns.len(),
+            "{e:?} during {}",
+            self.step_desc
+        );
+        assert!(
+            !key.is_empty() && key.len() <= self.config.max_line_bytes,
+            "{e:?}"
+        );
+        assert!(us <= elapsed, "{e:?}: longer than the run ({elapsed} µs)");
+    }
+
     /// Drains the core's outputs into `got`.
     fn collect(&mut self) {
+        while let Some(e) = self.core.poll_event() {
+            self.check_event(&e);
+        }
         while let Some(o) = self.core.poll_output() {
             let (conn, out) = match o {
                 Output::Reply(c, r) => (c, Out::Reply(r)),
@@ -1757,6 +1801,7 @@ fn core_config(b: u8) -> Config {
         },
         auth: (b >= 200).then(|| Secret::new(MODEL_SECRET.as_bytes()).expect("valid secret")),
         auth_delay_ms: if b % 4 < 2 { 50 } else { 100 },
+        events: b % 3 == 0,
     }
 }
 

@@ -99,12 +99,12 @@ fn max_locks_per_connection() {
 
 #[test]
 fn max_key_bytes() {
-    refuses("--max-key-bytes", "0", "65..=1099511627776");
-    refuses("--max-key-bytes", "1", "65..=1099511627776");
+    refuses("--max-key-bytes", "0", "129..=1099511627776");
+    refuses("--max-key-bytes", "1", "129..=1099511627776");
     // The smallest table holds one one-byte key.
-    works(&["--max-key-bytes", "65"]);
+    works(&["--max-key-bytes", "129"]);
     works(&["--max-key-bytes", "1099511627776"]);
-    refuses("--max-key-bytes", "1099511627777", "65..=1099511627776");
+    refuses("--max-key-bytes", "1099511627777", "129..=1099511627776");
 }
 
 /// Regression: `--max-output-bytes 0` used to pause reading every

@@ -454,7 +454,7 @@ fn accepted_connections_use_keepalive() {
 
 #[test]
 fn lock_count_and_key_bytes_are_bounded() {
-    let d = Daemon::start_with(&["--max-locks-per-connection", "2", "--max-key-bytes", "200"]);
+    let d = Daemon::start_with(&["--max-locks-per-connection", "2", "--max-key-bytes", "400"]);
     let mut a = d.connect();
     a.call("lock a 0\r\nlock b 0\r\n", "l locked\r\nl locked\r\n");
     a.call("lock c 0\r\n", "e too many locks\r\n");
@@ -462,7 +462,7 @@ fn lock_count_and_key_bytes_are_bounded() {
     // makes room again.
     let mut b = d.connect();
     b.call("lock c 0\r\n", "l locked\r\n");
-    // Three one-byte keys take 3 * 65 bytes: a fourth does not fit in 200.
+    // Three one-byte keys take 3 * 129 bytes: a fourth does not fit in 400.
     b.call("lock d 0\r\n", "e lock table full\r\n");
     a.call("unlock b\r\n", "u unlocked\r\n");
     b.call("lock d 0\r\n", "l locked\r\n");
