@@ -1053,11 +1053,16 @@ impl CoreHarness {
             return;
         }
         self.begin(format!("close {conn}"));
-        self.stats.disconnects += 1;
         self.core.handle_closed(ConnId(conn), self.now_us);
         self.collect();
+        // Timers due now fire first, as in the core: an auth delay ending
+        // now closes the connection itself, and the peer's close then finds
+        // it gone (one disconnect, not two).
         self.model_expire();
-        self.model_forget(ConnId(conn));
+        if self.conns[conn].open {
+            self.stats.disconnects += 1;
+            self.model_forget(ConnId(conn));
+        }
         self.resume();
         self.pump();
         self.finish();
