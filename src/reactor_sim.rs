@@ -227,6 +227,12 @@ struct Client {
     slot: Option<usize>,
     /// Closed by an injected registration failure.
     killed: bool,
+    /// Its close was seen (by the linger check below).
+    close_noted: bool,
+    /// Closed because its close lingered to the deadline: a peer that
+    /// trickles bytes after its error for longer than the linger bound may
+    /// be reset (the bound at work).
+    lingered_out: bool,
 }
 
 /// What one run did, for the test's summary.
@@ -452,6 +458,7 @@ fn run(d: &mut Dice<'_>, max_steps: u64) -> SimReport {
     let mut events: BTreeMap<usize, Readiness> = BTreeMap::new();
     let mut report = SimReport::default();
     let mut stuck = 0;
+    let mut linger_seen = 0;
     let mut ending = false;
     let mut end_since = 0u64;
     // Print every core call and client action (`DREADLOCK_REACTOR_SIM_TRACE=1`).
@@ -601,6 +608,16 @@ fn run(d: &mut Dice<'_>, max_steps: u64) -> SimReport {
             }
         }
 
+        // Connections the linger deadline closed in this step.
+        let lingered = driver.stats().linger_timeouts;
+        for cl in clients.iter_mut() {
+            if !cl.close_noted && cl.pipe.borrow().server_closed {
+                cl.close_noted = true;
+                cl.lingered_out = lingered > linger_seen;
+            }
+        }
+        linger_seen = lingered;
+
         // ---- the world moves ----
         if !ending && clients.len() < max_clients && d.chance(1, 12) {
             let kind = match d.below(8) {
@@ -628,6 +645,8 @@ fn run(d: &mut Dice<'_>, max_steps: u64) -> SimReport {
                 eof: false,
                 slot: None,
                 killed: false,
+                close_noted: false,
+                lingered_out: false,
             });
             backlog.push_back(k);
             wake(&mut events, LISTENER, readable);
@@ -821,7 +840,7 @@ fn run(d: &mut Dice<'_>, max_steps: u64) -> SimReport {
         // worth of bytes never fed to the core (a withdrawn wait with a long
         // tail) may be reset: that is the bound at work.
         let overflow = cl.script.len() - shadow.fed[k] > policy.linger_max_bytes;
-        if cl.kind == Kind::Polite && !cl.killed && !overflow {
+        if cl.kind == Kind::Polite && !cl.killed && !overflow && !cl.lingered_out {
             assert!(
                 !p.reset_by_server,
                 "client {k} ({} bytes sent, error: {}) got a reset from the server",
