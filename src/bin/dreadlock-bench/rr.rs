@@ -28,7 +28,7 @@ use crate::Ctx;
 use crate::hist::Histogram;
 use crate::net::{Conn, show};
 use crate::report::{Outcome, Val, big, human_latency};
-use crate::scenarios::{connect_all, fairness, new_poll, poll_once, start_cpu, stop_cpu};
+use crate::scenarios::{Window, connect_all, fairness, new_poll, poll_once};
 
 /// Scratch buffer for reads, shared by all connections.
 const SCRATCH: usize = 64 * 1024;
@@ -206,9 +206,8 @@ pub fn strict(
             rounds: 0,
         })
         .collect();
-    let t0 = Instant::now() + ctx.warmup;
-    let end = t0 + ctx.duration;
-    let drain_deadline = end + ctx.grace;
+    let mut win = Window::start(ctx);
+    let (t0, end) = (win.t0, win.end);
     let mut buf = Vec::new();
     for s in &mut slots {
         buf.clear();
@@ -219,9 +218,6 @@ pub fn strict(
     let mut active = c;
     let mut grant_lat = Histogram::new();
     let mut round_lat = Histogram::new();
-    let mut meter = None;
-    let mut cpu = None;
-    let mut ended = false;
     let mut events = Events::with_capacity(1024);
     let mut scratch = vec![0u8; SCRATCH];
     // This event's reply lines, back to back, and where each ends.
@@ -230,29 +226,13 @@ pub fn strict(
     let mut release: Vec<usize> = Vec::new();
     loop {
         let now = Instant::now();
-        if meter.is_none() && now >= t0 {
-            meter = Some(start_cpu(ctx));
-        }
-        if !ended && now >= end {
-            ended = true;
-            cpu = meter.as_ref().and_then(stop_cpu);
-        }
+        win.advance(ctx, now);
         if active == 0 {
             break;
         }
-        if now >= drain_deadline {
-            out.fail(format!(
-                "{active} connections still waiting for replies {:?} after the measured interval",
-                ctx.grace
-            ));
+        let Some(wait) = win.wait(now) else {
+            out.fail(win.overdue(ctx, active));
             break;
-        }
-        let wait = if now < t0 {
-            t0 - now
-        } else if !ended {
-            end - now
-        } else {
-            drain_deadline - now
         };
         poll_once(&mut poll, &mut events, wait)?;
         for ev in events.iter() {
@@ -412,7 +392,7 @@ pub fn strict(
     out.field("violations", Val::U(violations));
     let per_conn: Vec<u64> = slots.iter().map(|s| s.rounds).collect();
     fairness(&mut out, &per_conn, "rounds");
-    out.cpu(cpu, rounds, "round");
+    out.cpu(win.cpu(), rounds, "round");
     Ok(out)
 }
 
@@ -457,9 +437,8 @@ pub fn acquire(ctx: &Ctx, c: usize, p: usize) -> Result<Outcome, String> {
             }
         })
         .collect();
-    let t0 = Instant::now() + ctx.warmup;
-    let end = t0 + ctx.duration;
-    let drain_deadline = end + ctx.grace;
+    let mut win = Window::start(ctx);
+    let (t0, end) = (win.t0, win.end);
     for s in &mut slots {
         s.started = Instant::now();
         s.left = 2 * p;
@@ -467,36 +446,17 @@ pub fn acquire(ctx: &Ctx, c: usize, p: usize) -> Result<Outcome, String> {
     }
     let mut busy = c;
     let mut lat = Histogram::new();
-    let mut meter = None;
-    let mut cpu = None;
-    let mut ended = false;
     let mut events = Events::with_capacity(1024);
     let mut scratch = vec![0u8; SCRATCH];
     loop {
         let now = Instant::now();
-        if meter.is_none() && now >= t0 {
-            meter = Some(start_cpu(ctx));
-        }
-        if !ended && now >= end {
-            ended = true;
-            cpu = meter.as_ref().and_then(stop_cpu);
-        }
-        if ended && busy == 0 {
+        win.advance(ctx, now);
+        if win.ended() && busy == 0 {
             break;
         }
-        if now >= drain_deadline {
-            out.fail(format!(
-                "{busy} connections still waiting for replies {:?} after the measured interval",
-                ctx.grace
-            ));
+        let Some(wait) = win.wait(now) else {
+            out.fail(win.overdue(ctx, busy));
             return Ok(out);
-        }
-        let wait = if now < t0 {
-            t0 - now
-        } else if !ended {
-            end - now
-        } else {
-            drain_deadline - now
         };
         poll_once(&mut poll, &mut events, wait)?;
         for ev in events.iter() {
@@ -588,6 +548,6 @@ pub fn acquire(ctx: &Ctx, c: usize, p: usize) -> Result<Outcome, String> {
     out.field("round_latency", crate::report::latency_json(&lat));
     let per_conn: Vec<u64> = slots.iter().map(|s| s.pairs).collect();
     fairness(&mut out, &per_conn, "pairs");
-    out.cpu(cpu, pairs, "pair");
+    out.cpu(win.cpu(), pairs, "pair");
     Ok(out)
 }

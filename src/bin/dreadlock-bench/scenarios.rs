@@ -46,6 +46,78 @@ pub(crate) fn stop_cpu(m: &Option<Result<CpuMeter, String>>) -> Option<Result<(f
     })
 }
 
+/// The timeline of a timed run: warm-up until `t0`, the measured interval
+/// until `end` (the server's CPU is metered over exactly that), then at
+/// most `ctx.grace` to collect the replies still owed.
+pub(crate) struct Window {
+    pub(crate) t0: Instant,
+    pub(crate) end: Instant,
+    drain_deadline: Instant,
+    meter: Option<Option<Result<CpuMeter, String>>>,
+    cpu: Option<Result<(f64, f64), String>>,
+    ended: bool,
+}
+
+impl Window {
+    /// A window whose warm-up starts now.
+    pub(crate) fn start(ctx: &Ctx) -> Window {
+        let t0 = Instant::now() + ctx.warmup;
+        let end = t0 + ctx.duration;
+        Window {
+            t0,
+            end,
+            drain_deadline: end + ctx.grace,
+            meter: None,
+            cpu: None,
+            ended: false,
+        }
+    }
+
+    /// Starts and stops the CPU meter as `now` passes `t0` and `end`.
+    pub(crate) fn advance(&mut self, ctx: &Ctx, now: Instant) {
+        if self.meter.is_none() && now >= self.t0 {
+            self.meter = Some(start_cpu(ctx));
+        }
+        if !self.ended && now >= self.end {
+            self.ended = true;
+            self.cpu = self.meter.as_ref().and_then(stop_cpu);
+        }
+    }
+
+    /// Whether the measured interval is over.
+    pub(crate) fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// How long to wait for events from `now` (until the next edge of the
+    /// window); `None` once the drain deadline has passed.
+    pub(crate) fn wait(&self, now: Instant) -> Option<Duration> {
+        if now >= self.drain_deadline {
+            None
+        } else if now < self.t0 {
+            Some(self.t0 - now)
+        } else if !self.ended {
+            Some(self.end - now)
+        } else {
+            Some(self.drain_deadline - now)
+        }
+    }
+
+    /// The failure when `busy` connections still owe replies at the drain
+    /// deadline.
+    pub(crate) fn overdue(&self, ctx: &Ctx, busy: usize) -> String {
+        format!(
+            "{busy} connections still waiting for replies {:?} after the measured interval",
+            ctx.grace
+        )
+    }
+
+    /// The server's CPU over the measured interval (with `--pid`).
+    pub(crate) fn cpu(&self) -> Option<Result<(f64, f64), String>> {
+        self.cpu.clone()
+    }
+}
+
 /// Opens `n` connections (all must succeed) wrapped as `Conn`s with tokens
 /// `0..n`.
 pub(crate) fn connect_all(
@@ -146,9 +218,8 @@ pub fn throughput(ctx: &Ctx, c: usize, p: usize, probe: bool) -> Result<Outcome,
             }
         })
         .collect();
-    let t0 = Instant::now() + ctx.warmup;
-    let end = t0 + ctx.duration;
-    let drain_deadline = end + ctx.grace;
+    let mut win = Window::start(ctx);
+    let (t0, end) = (win.t0, win.end);
     for s in &mut slots {
         s.started = Instant::now();
         s.left = 2 * s.pairs_per_round;
@@ -158,37 +229,18 @@ pub fn throughput(ctx: &Ctx, c: usize, p: usize, probe: bool) -> Result<Outcome,
     let mut busy = total;
     let mut lat = Histogram::new();
     let mut probe_lat = Histogram::new();
-    let mut meter = None;
-    let mut cpu = None;
-    let mut ended = false;
     let mut events = Events::with_capacity(1024);
     let mut scratch = vec![0u8; SCRATCH];
     let mut replies = Vec::new();
     loop {
         let now = Instant::now();
-        if meter.is_none() && now >= t0 {
-            meter = Some(start_cpu(ctx));
-        }
-        if !ended && now >= end {
-            ended = true;
-            cpu = meter.as_ref().and_then(stop_cpu);
-        }
-        if ended && busy == 0 {
+        win.advance(ctx, now);
+        if win.ended() && busy == 0 {
             break;
         }
-        if now >= drain_deadline {
-            out.fail(format!(
-                "{busy} connections still waiting for replies {:?} after the measured interval",
-                ctx.grace
-            ));
+        let Some(wait) = win.wait(now) else {
+            out.fail(win.overdue(ctx, busy));
             return Ok(out);
-        }
-        let wait = if now < t0 {
-            t0 - now
-        } else if !ended {
-            end - now
-        } else {
-            drain_deadline - now
         };
         poll_once(&mut poll, &mut events, wait)?;
         for ev in events.iter() {
@@ -283,7 +335,7 @@ pub fn throughput(ctx: &Ctx, c: usize, p: usize, probe: bool) -> Result<Outcome,
     out.field("round_latency", latency_json(&lat));
     let per_conn: Vec<u64> = slots.iter().map(|s| s.pairs).collect();
     fairness(&mut out, &per_conn, "pairs");
-    out.cpu(cpu, pairs, "pair");
+    out.cpu(win.cpu(), pairs, "pair");
     Ok(out)
 }
 
@@ -339,9 +391,8 @@ pub fn contended(ctx: &Ctx, c: usize, k: usize) -> Result<Outcome, String> {
             grants: 0,
         })
         .collect();
-    let t0 = Instant::now() + ctx.warmup;
-    let end = t0 + ctx.duration;
-    let drain_deadline = end + ctx.grace;
+    let mut win = Window::start(ctx);
+    let (t0, end) = (win.t0, win.end);
     let mut buf = Vec::new();
     for s in &mut slots {
         buf.clear();
@@ -352,38 +403,19 @@ pub fn contended(ctx: &Ctx, c: usize, k: usize) -> Result<Outcome, String> {
     let mut active = c;
     let mut lat = Histogram::new();
     let mut handoffs = 0u64;
-    let mut meter = None;
-    let mut cpu = None;
-    let mut ended = false;
     let mut events = Events::with_capacity(1024);
     let mut scratch = vec![0u8; SCRATCH];
     let mut replies = Vec::new();
     let mut release: Vec<usize> = Vec::new();
     loop {
         let now = Instant::now();
-        if meter.is_none() && now >= t0 {
-            meter = Some(start_cpu(ctx));
-        }
-        if !ended && now >= end {
-            ended = true;
-            cpu = meter.as_ref().and_then(stop_cpu);
-        }
+        win.advance(ctx, now);
         if active == 0 {
             break;
         }
-        if now >= drain_deadline {
-            out.fail(format!(
-                "{active} connections still waiting for replies {:?} after the measured interval",
-                ctx.grace
-            ));
+        let Some(wait) = win.wait(now) else {
+            out.fail(win.overdue(ctx, active));
             break;
-        }
-        let wait = if now < t0 {
-            t0 - now
-        } else if !ended {
-            end - now
-        } else {
-            drain_deadline - now
         };
         poll_once(&mut poll, &mut events, wait)?;
         for ev in events.iter() {
@@ -536,7 +568,7 @@ pub fn contended(ctx: &Ctx, c: usize, k: usize) -> Result<Outcome, String> {
     out.field("violations", Val::U(violations));
     let per_conn: Vec<u64> = slots.iter().map(|s| s.grants).collect();
     fairness(&mut out, &per_conn, "grants");
-    out.cpu(cpu, handoffs, "handoff");
+    out.cpu(win.cpu(), handoffs, "handoff");
     if violations > 5 {
         out.fail(format!("{violations} mutual exclusion violations in all"));
     }
