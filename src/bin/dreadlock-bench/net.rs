@@ -173,54 +173,13 @@ impl Conn {
         proto: Proto,
         replies: &mut Vec<Reply>,
     ) -> Result<(), String> {
-        loop {
-            let n = match self.stream.read(scratch) {
-                Ok(0) => {
-                    return Err(if self.line.is_empty() {
-                        "server closed the connection".to_string()
-                    } else {
-                        format!(
-                            "server closed the connection after a partial reply {}",
-                            show(&self.line)
-                        )
-                    });
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("read: {e}")),
-            };
-            let data = &scratch[..n];
-            let mut start = 0;
-            for end in memchr::memchr_iter(b'\n', data) {
-                let piece = &data[start..=end];
-                start = end + 1;
-                let line: &[u8] = if self.line.is_empty() {
-                    piece
-                } else {
-                    self.line.extend_from_slice(piece);
-                    &self.line
-                };
-                match proto.classify(line) {
-                    Some(r) => replies.push(r),
-                    None => return Err(format!("unexpected reply {}", show(line))),
-                }
-                self.line.clear();
+        self.read_lines(scratch, |line| match proto.classify(line) {
+            Some(r) => {
+                replies.push(r);
+                Ok(())
             }
-            self.line.extend_from_slice(&data[start..]);
-            if self.line.len() > MAX_REPLY_LINE {
-                return Err(format!(
-                    "reply longer than {MAX_REPLY_LINE} bytes without LF: {}...",
-                    show(&self.line[..40])
-                ));
-            }
-            if n < scratch.len() {
-                // Edge-triggered epoll: a short read drained the socket, and
-                // data arriving later raises a new event. Saves a read that
-                // would only say WouldBlock.
-                return Ok(());
-            }
-        }
+            None => Err(format!("unexpected reply {}", show(line))),
+        })
     }
 
     /// Reads what is available and hands each complete line (LF included)
@@ -273,6 +232,9 @@ impl Conn {
                 ));
             }
             if n < scratch.len() {
+                // Edge-triggered epoll: a short read drained the socket, and
+                // data arriving later raises a new event. Saves a read that
+                // would only say WouldBlock.
                 return Ok(());
             }
         }
