@@ -151,6 +151,17 @@ fn busy_poll_us() {
 }
 
 #[test]
+fn auth_delay_ms() {
+    // The delay only matters with --auth-file, but its range is checked
+    // either way. 0 and 1 are under the 50 ms floor.
+    refuses("--auth-delay-ms", "0", "50..=60000");
+    refuses("--auth-delay-ms", "1", "50..=60000");
+    works(&["--auth-delay-ms", "50"]);
+    works(&["--auth-delay-ms", "60000"]);
+    refuses("--auth-delay-ms", "60001", "50..=60000");
+}
+
+#[test]
 fn port_and_bind() {
     // Port 0 (a free port) is what every test uses; 1 and 65535 need a
     // free privileged port or may be taken, so only their parsing is
@@ -210,6 +221,10 @@ fn help_names_every_environment_variable() {
         "DREADLOCK_BUSY_POLL_US",
         "DREADLOCK_VERBOSE",
         "DREADLOCK_QUIET",
+        "DREADLOCK_METRICS",
+        "DREADLOCK_AUTH_FILE",
+        "DREADLOCK_AUTH_DELAY_MS",
+        "DREADLOCK_ALLOW",
     ] {
         assert!(help.contains(var), "--help lacks {var}:\n{help}");
     }
