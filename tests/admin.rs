@@ -442,3 +442,17 @@ fn the_accept_filter_refuses_peers() {
         }
     }
 }
+
+/// The daemon wires `--allow` to the admin port too: a peer outside the
+/// list gets nothing from it, one inside is answered.
+#[test]
+fn the_admin_port_follows_allow() {
+    let (_d, admin) = start(&["--allow", "10.0.0.0/8"]);
+    let mut s = admin_connect(admin);
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert!(read_all(&mut s).is_empty(), "served a peer outside --allow");
+
+    let (_d, admin) = start(&["--allow", "10.0.0.0/8", "--allow", "127.0.0.1"]);
+    let r = request(admin, b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+}
