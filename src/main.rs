@@ -356,7 +356,7 @@ fn run(args: Args, activated: std::io::Result<Option<std::net::TcpListener>>) ->
                  {} error replies, {} syntax errors, {} auth failures, {} evicted, \
                  last token {}",
                 s.uptime.as_secs_f64(),
-                s.accepted,
+                c.accepted,
                 s.peak_connections,
                 c.rejected,
                 c.commands_total(),

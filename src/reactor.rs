@@ -110,7 +110,6 @@ impl Default for Config {
 /// Totals for the shutdown summary.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Summary {
-    pub accepted: u64,
     pub peak_connections: usize,
     pub core: crate::core::Stats,
     pub uptime: Duration,
@@ -557,7 +556,6 @@ impl Reactor {
         }
         let opened = self.driver.open(stream, peer);
         debug_assert_eq!(opened, c);
-        self.summary.accepted += 1;
         self.summary.peak_connections = self.summary.peak_connections.max(self.driver.len());
         self.driver
             .log_mut()
