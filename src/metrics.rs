@@ -64,10 +64,6 @@ pub struct Snapshot {
     pub holders: u64,
     /// Connections waiting for a key.
     pub waiters: u64,
-    /// Lock-port connections accepted.
-    pub accepted: u64,
-    /// Lock-port connections refused (by `--allow` or a cap).
-    pub rejected: u64,
     /// Log lines dropped because stderr did not keep up.
     pub log_lines_dropped: u64,
     /// Time since the daemon started.
@@ -205,13 +201,13 @@ pub fn render(out: &mut String, snap: &Snapshot, process: Option<&Process>, vers
         out,
         "dreadlock_connections_accepted_total",
         "Lock-port connections accepted.",
-        snap.accepted,
+        snap.stats.accepted,
     );
     counter(
         out,
         "dreadlock_connections_rejected_total",
-        "Lock-port connections refused (--allow, caps).",
-        snap.rejected,
+        "Lock-port connections closed at accept because --allow does not list their address.",
+        snap.stats.rejected,
     );
 
     family(
@@ -518,6 +514,8 @@ mod tests {
         stats.disconnects = 107;
         stats.evictions = 108;
         stats.last_token = 1_700_000_000_000_000_000;
+        stats.accepted = 15;
+        stats.rejected = 16;
         for us in [50, 100, 101, 2_000, 3_600_000_000, 4_000_000_000] {
             stats.wait_granted.record(us);
         }
@@ -530,8 +528,6 @@ mod tests {
             keys: 12,
             holders: 13,
             waiters: 14,
-            accepted: 15,
-            rejected: 16,
             log_lines_dropped: 17,
             uptime: Duration::from_secs(18),
         }

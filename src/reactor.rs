@@ -236,8 +236,6 @@ impl Reactor {
             keys: core.keys_held() as u64,
             holders: core.holders() as u64,
             waiters: core.waiters() as u64,
-            accepted: stats.accepted,
-            rejected: stats.rejected,
             log_lines_dropped: crate::log::lines_dropped(),
             uptime: self.start.elapsed(),
         }
