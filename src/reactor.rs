@@ -142,7 +142,7 @@ pub struct Reactor {
 
 impl Reactor {
     /// Binds `addr` and prepares the loop; SIGINT and SIGTERM will stop it,
-    /// SIGHUP is logged and ignored.
+    /// SIGHUP is logged and ignored, SIGUSR1 logs the `stats` line.
     ///
     /// # Errors
     /// When the socket cannot be bound or the loop set up.
