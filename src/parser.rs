@@ -380,6 +380,54 @@ fn digit_u64(acc: u64, byte: u8) -> u64 {
         .saturating_add(u64::from(byte - b'0'))
 }
 
+/// [`wire::is_key_byte`] for every byte value, as a table.
+static KEY_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = wire::is_key_byte(b as u8);
+        b += 1;
+    }
+    t
+};
+
+/// How many of `bytes`' first bytes are key bytes: eight at a time while
+/// eight are left, then by the table.
+#[inline]
+fn key_run(bytes: &[u8]) -> usize {
+    let mut n = 0;
+    while let Some(chunk) = bytes.get(n..).and_then(<[u8]>::first_chunk::<8>) {
+        let not_key = not_key_bytes(u64::from_le_bytes(*chunk));
+        if not_key != 0 {
+            // Little-endian: the lowest flagged byte is the first.
+            return n + (not_key.trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    n + bytes
+        .get(n..)
+        .unwrap_or_default()
+        .iter()
+        .position(|&b| !KEY_BYTES[usize::from(b)])
+        .unwrap_or(bytes.len() - n)
+}
+
+/// Bit 7 of each byte of `w` set where that byte is not a key byte
+/// (`[0-9A-Za-z]`), the others zero. Each range test adds to 7-bit bytes
+/// only, so no carry crosses a byte: `x + (0x80 - lo)` has bit 7 set iff
+/// `x >= lo`, and `x + (0x7f - hi)` iff `x > hi`. Letters are tested in
+/// lower case (`| 0x20`); bytes with bit 7 set are never key bytes.
+#[inline]
+const fn not_key_bytes(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x80 * ONES;
+    let low = w & !HIGH;
+    let digit = (low + 0x50 * ONES) & !(low + 0x46 * ONES);
+    let lower = low | (0x20 * ONES);
+    let letter = (lower + 0x1f * ONES) & !(lower + 0x05 * ONES);
+    !((digit | letter) & !w) & HIGH
+}
+
 /// Appends one decimal digit, saturating.
 fn digit_u32(acc: u32, byte: u8) -> u32 {
     acc.saturating_mul(10)
@@ -463,10 +511,7 @@ impl Parser {
                 let room = self.max_line_bytes - self.line_len;
                 let rest = input.get(used..).unwrap_or_default();
                 let rest = rest.get(..room).unwrap_or(rest);
-                let run = rest
-                    .iter()
-                    .position(|&b| !wire::is_key_byte(b))
-                    .unwrap_or(rest.len());
+                let run = key_run(rest);
                 self.push_key(rest.get(..run).unwrap_or_default());
                 self.line_len += run;
                 used += run;
@@ -490,13 +535,30 @@ impl Parser {
                 }
             }
             // Hot path: a whole `lock `, `unlock ` or `acquire ` at the start
-            // of a line
-            // skips the word states in one step. Exactly what stepping
-            // through them would do: the word (any case) and its space are
-            // all valid, and they fit in any line limit (>= 16 bytes).
+            // of a line skips the word states in one step. Exactly what
+            // stepping through them would do: the word (any case) and its
+            // space are all valid, and they fit in any line limit (>= 16
+            // bytes). When the key and the usual tail follow in `input`
+            // too, and the whole line is within the limit, the command is
+            // done in this one step (the key run and the tail are the two
+            // hot paths above, taken at once).
             if self.state == State::Start {
                 let rest = input.get(used..).unwrap_or_default();
                 if let Some((verb, n)) = Self::hot_word(rest) {
+                    let after = rest.get(n..).unwrap_or_default();
+                    let key_len = key_run(after);
+                    if key_len > 0 {
+                        let tail = after.get(key_len..).unwrap_or_default();
+                        if let Some((cmd, t)) = Self::hot_tail(verb, tail) {
+                            let line = n + key_len + t;
+                            if line <= self.max_line_bytes {
+                                self.push_key(after.get(..key_len).unwrap_or_default());
+                                self.key_ready = true;
+                                self.check_invariants();
+                                return (used + line, Step::Done(cmd));
+                            }
+                        }
+                    }
                     self.state = State::BeforeKey { verb };
                     self.line_len = n;
                     used += n;
@@ -557,6 +619,28 @@ impl Parser {
     #[inline]
     fn hot_word(input: &[u8]) -> Option<(Verb, usize)> {
         const _: () = assert!(MIN_MAX_LINE_BYTES >= b"acquire ".len());
+        if let Some(head) = input.first_chunk::<8>() {
+            // Eight bytes at once: OR-ing 0x20 into a letter's byte gives
+            // its lower case, and only that letter's two cases give it, so
+            // the masked compare is exactly the case-insensitive one; the
+            // space is compared as it is.
+            let w = u64::from_le_bytes(*head);
+            let word = |text: &[u8; 8], letters: usize| {
+                let len = letters + 1;
+                let keep = u64::MAX >> (64 - 8 * len);
+                let case = 0x2020_2020_2020_2020 >> (64 - 8 * letters);
+                (w | case) & keep == u64::from_le_bytes(*text) & keep
+            };
+            return if word(b"lock    ", 4) {
+                Some((Verb::Lock, 5))
+            } else if word(b"unlock  ", 6) {
+                Some((Verb::Unlock, 7))
+            } else if word(b"acquire ", 7) {
+                Some((Verb::Acquire, 8))
+            } else {
+                None
+            };
+        }
         match input {
             [a, b, c, d, b' ', ..] if [*a, *b, *c, *d].eq_ignore_ascii_case(b"lock") => {
                 Some((Verb::Lock, 5))
@@ -826,6 +910,77 @@ impl Parser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The eight-at-a-time key test flags exactly the bytes that are not
+    /// key bytes, for every byte value at every position of a word.
+    #[test]
+    fn not_key_bytes_agrees_with_is_key_byte() {
+        for b in 0..=255u8 {
+            for pos in 0..8 {
+                for fill in [b'a', b'Z', b'0', b' ', 0xff] {
+                    let mut w = [fill; 8];
+                    w[pos] = b;
+                    let flags = not_key_bytes(u64::from_le_bytes(w));
+                    for (i, &x) in w.iter().enumerate() {
+                        let flagged = (flags >> (8 * i)) & 0xff;
+                        let want = if wire::is_key_byte(x) { 0 } else { 0x80 };
+                        assert_eq!(flagged, want, "byte {x:#04x} at {i} in {w:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `key_run` against a plain scan, on every length up to 40 with the
+    /// key ended (or not) by every byte value.
+    #[test]
+    fn key_run_agrees_with_a_plain_scan() {
+        for len in 0..40 {
+            for end in 0..=255u8 {
+                let mut bytes: Vec<u8> = (0..len).map(|i| b"aZ09kQ"[i % 6]).collect();
+                bytes.push(end);
+                bytes.extend_from_slice(b"abc");
+                let want = bytes
+                    .iter()
+                    .position(|&b| !wire::is_key_byte(b))
+                    .unwrap_or(bytes.len());
+                assert_eq!(key_run(&bytes), want, "{bytes:?}");
+                assert_eq!(key_run(&bytes[..len]), len);
+            }
+        }
+    }
+
+    /// The masked eight-byte word compare is the case-insensitive compare:
+    /// every byte value at every position of each hot word, with input
+    /// both long enough for it and cut short.
+    #[test]
+    fn hot_word_is_exactly_the_case_insensitive_word() {
+        let reference = |input: &[u8]| -> Option<(Verb, usize)> {
+            for (verb, word) in [
+                (Verb::Lock, &b"lock"[..]),
+                (Verb::Unlock, b"unlock"),
+                (Verb::Acquire, b"acquire"),
+            ] {
+                let n = word.len();
+                if input.len() > n && input[..n].eq_ignore_ascii_case(word) && input[n] == b' ' {
+                    return Some((verb, n + 1));
+                }
+            }
+            None
+        };
+        for base in [&b"lock abc"[..], b"unlock a", b"acquire ", b"LoCk 0\r\n"] {
+            for pos in 0..base.len() {
+                for b in 0..=255u8 {
+                    let mut input = base.to_vec();
+                    input[pos] = b;
+                    for cut in [input.len(), input.len() - 1] {
+                        let input = &input[..cut];
+                        assert_eq!(Parser::hot_word(input), reference(input), "{input:?}");
+                    }
+                }
+            }
+        }
+    }
 
     /// Everything observable about feeding a stream: the commands with their
     /// keys, bytes consumed in total, and how the stream ended.
