@@ -218,6 +218,10 @@ struct ConnLocks {
     next: u32,
 }
 
+/// A connection holding at most this many keys has its `unlock` matched
+/// against them by comparing keys, without hashing.
+const SCAN_HELD: usize = 4;
+
 /// Key -> holders + FIFO waiters. See the module docs.
 pub struct LockTable<S = std::hash::RandomState> {
     index: HashTable<u32>,
@@ -459,6 +463,23 @@ impl<S: BuildHasher> LockTable<S> {
 
     /// `conn` releases its slot of `key`.
     pub fn unlock(&mut self, conn: ConnId, key: &[u8], now_us: u64) -> UnlockOutcome {
+        // The usual unlock is of a key this connection holds, and it holds
+        // few: compare against those before hashing. A connection holds a
+        // key at most once, so a match is the hold `find_hold` would give.
+        let held = &self.conns[conn.0].held;
+        if held.len() <= SCAN_HELD {
+            let holds = &self.holds;
+            let entries = &self.entries;
+            if let Some(&h) = held
+                .iter()
+                .find(|&&h| entries[holds[h as usize].entry as usize].key.as_slice() == key)
+            {
+                let e = self.release(h, now_us);
+                return UnlockOutcome::Unlocked {
+                    granted: self.pass_on(e, now_us),
+                };
+            }
+        }
         let Some(e) = self.find(key) else {
             return UnlockOutcome::NotLocked;
         };
@@ -1005,6 +1026,47 @@ mod tests {
 
     fn granted(o: LockOutcome) -> bool {
         matches!(o, LockOutcome::Granted { .. })
+    }
+
+    /// `unlock` by key comparison (a connection holding up to `SCAN_HELD`
+    /// keys) and by hash (more) answer alike: the held key is released
+    /// and handed on, another's key is `NotOwner`, a free key `NotLocked`;
+    /// a semaphore slot too.
+    #[test]
+    fn unlock_answers_alike_with_few_and_many_held() {
+        for held in [0, 1, SCAN_HELD, SCAN_HELD + 1] {
+            let mut t = table(3);
+            for i in 0..held {
+                assert!(granted(t.lock(ConnId(0), format!("k{i}").as_bytes(), 1, 0)));
+            }
+            assert!(granted(t.lock(ConnId(1), b"other", 1, 0)));
+            assert!(granted(t.lock(ConnId(0), b"sem", 3, 0)));
+            assert!(granted(t.lock(ConnId(1), b"sem", 3, 0)));
+            assert_eq!(t.unlock(ConnId(0), b"other", 1), UnlockOutcome::NotOwner);
+            assert_eq!(t.unlock(ConnId(0), b"free", 1), UnlockOutcome::NotLocked);
+            if held > 0 {
+                assert_eq!(t.lock(ConnId(2), b"k0", 1, 0), LockOutcome::Queued);
+                let out = t.unlock(ConnId(0), b"k0", 1);
+                assert!(
+                    matches!(
+                        out,
+                        UnlockOutcome::Unlocked {
+                            granted: Some((ConnId(2), _))
+                        }
+                    ),
+                    "{held} held: {out:?}"
+                );
+                assert_eq!(t.holder(b"k0"), Some(ConnId(2)));
+                assert_eq!(t.unlock(ConnId(0), b"k0", 1), UnlockOutcome::NotOwner);
+            }
+            assert_eq!(
+                t.unlock(ConnId(0), b"sem", 1),
+                UnlockOutcome::Unlocked { granted: None }
+            );
+            assert_eq!(t.unlock(ConnId(0), b"sem", 1), UnlockOutcome::NotOwner);
+            assert_eq!(t.held_by(ConnId(0)), held.saturating_sub(1));
+            t.check_invariants();
+        }
     }
 
     #[test]
