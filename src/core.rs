@@ -198,11 +198,12 @@ pub enum Reply {
 }
 
 /// A short reply line built at run time, held inline: a prefix, a `u64` in
-/// decimal and CRLF fit in 32 bytes.
+/// decimal and CRLF fit in 32 bytes. The line is `bytes[start..]`: it is
+/// written from its end, digits first, so no part is copied twice.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ShortLine {
     bytes: [u8; 32],
-    len: u8,
+    start: u8,
 }
 
 /// `"00" "01" ... "99"`: the decimal digits of every number below 100.
@@ -218,40 +219,43 @@ const DIGIT_PAIRS: [u8; 200] = {
 };
 
 impl ShortLine {
-    /// `prefix`, `n` in decimal, CRLF. `prefix` is at most 10 bytes.
+    /// `prefix`, `n` in decimal, CRLF. `prefix` is at most 10 bytes (a
+    /// constant at each call site, so its copy is inlined).
+    #[inline(always)]
     fn new(prefix: &[u8], mut n: u64) -> Self {
+        const _: () = assert!(10 + 20 + 2 <= 32);
         debug_assert!(prefix.len() <= 10);
-        // Two digits per division (a fencing token has 19).
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
+        let mut bytes = [0u8; 32];
+        bytes[30] = b'\r';
+        bytes[31] = b'\n';
+        // Two digits per division (a fencing token has 19), right to left.
+        let mut at = 30;
         while n >= 100 {
             let pair = 2 * (n % 100) as usize;
             n /= 100;
             at -= 2;
-            digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+            bytes[at] = DIGIT_PAIRS[pair];
+            bytes[at + 1] = DIGIT_PAIRS[pair + 1];
         }
         if n >= 10 {
             let pair = 2 * n as usize;
             at -= 2;
-            digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+            bytes[at] = DIGIT_PAIRS[pair];
+            bytes[at + 1] = DIGIT_PAIRS[pair + 1];
         } else {
             at -= 1;
-            digits[at] = b'0' + n as u8;
+            bytes[at] = b'0' + n as u8;
         }
-        let mut line = ShortLine {
-            bytes: [0; 32],
-            len: 0,
-        };
-        for part in [prefix, &digits[at..], wire::CRLF] {
-            let start = usize::from(line.len);
-            line.bytes[start..start + part.len()].copy_from_slice(part);
-            line.len += part.len() as u8;
+        at -= prefix.len();
+        bytes[at..at + prefix.len()].copy_from_slice(prefix);
+        ShortLine {
+            bytes,
+            start: at as u8,
         }
-        line
     }
 
     fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
+        &self.bytes[usize::from(self.start)..]
     }
 }
 
