@@ -223,7 +223,6 @@ impl ShortLine {
     /// constant at each call site, so its copy is inlined).
     #[inline(always)]
     fn new(prefix: &[u8], mut n: u64) -> Self {
-        const _: () = assert!(10 + 20 + 2 <= 32);
         debug_assert!(prefix.len() <= 10);
         let mut bytes = [0u8; 32];
         bytes[30] = b'\r';
