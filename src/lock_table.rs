@@ -26,6 +26,8 @@
 //!   release is a `swap_remove`). Finding a connection's hold on a key is
 //!   O(1): for N = 1 it is the head; for N > 1 the small `sem_index`, keyed
 //!   by (entry, connection), finds it. Grant, release and withdraw are O(1).
+//!   `unlock` by a connection holding at most `SCAN_HELD` (4) keys compares
+//!   the key with those it holds before hashing: one hash per pair saved.
 //! * A connection waits for at most one key at a time (the core processes a
 //!   connection's commands strictly in order), so each key's waiter queue is an
 //!   intrusive doubly linked list threaded through `ConnLocks`: enqueue,

@@ -40,7 +40,12 @@
 //! The parser is a byte-at-a-time state machine (the private `State` enum)
 //! that keeps all of its progress in itself, so input may be split anywhere:
 //! feeding a stream whole, byte by byte or in any chunks gives the same
-//! commands and the same error. [`Parser::advance`] stops after each complete
+//! commands and the same error. The usual lines (`lock`, `unlock` and
+//! `acquire` with one space between fields) also have shortcuts through the
+//! same machine: a whole line in one step when it is all in the input, the
+//! command word by one 8-byte compare, key bytes tested eight at a time.
+//! Each shortcut does exactly what stepping through its bytes would do, and
+//! is taken only when it can. [`Parser::advance`] stops after each complete
 //! command and leaves the rest of the input unconsumed, because a connection
 //! whose `lock` waits must not run its later commands until that lock
 //! resolves.
@@ -619,43 +624,36 @@ impl Parser {
     #[inline]
     fn hot_word(input: &[u8]) -> Option<(Verb, usize)> {
         const _: () = assert!(MIN_MAX_LINE_BYTES >= b"acquire ".len());
-        if let Some(head) = input.first_chunk::<8>() {
-            // Eight bytes at once: OR-ing 0x20 into a letter's byte gives
-            // its lower case, and only that letter's two cases give it, so
-            // the masked compare is exactly the case-insensitive one; the
-            // space is compared as it is.
-            let w = u64::from_le_bytes(*head);
-            let word = |text: &[u8; 8], letters: usize| {
-                let len = letters + 1;
-                let keep = u64::MAX >> (64 - 8 * len);
-                let case = 0x2020_2020_2020_2020 >> (64 - 8 * letters);
-                (w | case) & keep == u64::from_le_bytes(*text) & keep
-            };
-            return if word(b"lock    ", 4) {
-                Some((Verb::Lock, 5))
-            } else if word(b"unlock  ", 6) {
-                Some((Verb::Unlock, 7))
-            } else if word(b"acquire ", 7) {
-                Some((Verb::Acquire, 8))
-            } else {
-                None
-            };
-        }
-        match input {
-            [a, b, c, d, b' ', ..] if [*a, *b, *c, *d].eq_ignore_ascii_case(b"lock") => {
-                Some((Verb::Lock, 5))
+        // Eight bytes at once: OR-ing 0x20 into a letter's byte gives its
+        // lower case, and only that letter's two cases give it, so the
+        // masked compare is exactly the case-insensitive one; the space is
+        // compared as it is. Shorter input is padded with zero bytes, which
+        // match neither a letter nor the space.
+        let head = match input.first_chunk::<8>() {
+            Some(head) => *head,
+            // Shorter than the shortest word and its space (`lock `).
+            None if input.len() < 5 => return None,
+            None => {
+                let mut head = [0u8; 8];
+                head[..input.len()].copy_from_slice(input);
+                head
             }
-            [a, b, c, d, e, f, b' ', ..]
-                if [*a, *b, *c, *d, *e, *f].eq_ignore_ascii_case(b"unlock") =>
-            {
-                Some((Verb::Unlock, 7))
-            }
-            [a, b, c, d, e, f, g, b' ', ..]
-                if [*a, *b, *c, *d, *e, *f, *g].eq_ignore_ascii_case(b"acquire") =>
-            {
-                Some((Verb::Acquire, 8))
-            }
-            _ => None,
+        };
+        let w = u64::from_le_bytes(head);
+        let word = |text: &[u8; 8], letters: usize| {
+            let len = letters + 1;
+            let keep = u64::MAX >> (64 - 8 * len);
+            let case = 0x2020_2020_2020_2020 >> (64 - 8 * letters);
+            (w | case) & keep == u64::from_le_bytes(*text) & keep
+        };
+        if word(b"lock    ", 4) {
+            Some((Verb::Lock, 5))
+        } else if word(b"unlock  ", 6) {
+            Some((Verb::Unlock, 7))
+        } else if word(b"acquire ", 7) {
+            Some((Verb::Acquire, 8))
+        } else {
+            None
         }
     }
 
