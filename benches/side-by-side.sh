@@ -98,7 +98,8 @@ run_one() {
     local round=$1 row=$2 s=$3 args=$4
     local p=$PORT scraper=
     PORT=$((PORT + 2))
-    start_server "$s" "$p"
+    # Nothing started here may read the row table the loop reads on stdin.
+    start_server "$s" "$p" </dev/null
     if ! wait_port "$p"; then
         echo "{\"round\":$round,\"row\":\"$row\",\"server\":\"$s\",\"error\":\"server did not listen\"}" >>"$OUT"
         kill "$SERVER_PID" 2>/dev/null
@@ -106,13 +107,13 @@ run_one() {
         return
     fi
     if [ "$s" = DA ]; then
-        (while sleep 1; do curl -s -o /dev/null "http://127.0.0.1:$((p + 1))/metrics"; done) &
+        (while sleep 1; do curl -s -o /dev/null "http://127.0.0.1:$((p + 1))/metrics"; done) </dev/null &
         scraper=$!
     fi
     local result
     # shellcheck disable=SC2046,SC2086
     result=$("$BENCH" --addr "127.0.0.1:$p" --pid "$SERVER_PID" --json \
-        --duration "$DURATION" $(proto_flag "$s") $args)
+        --duration "$DURATION" $(proto_flag "$s") $args </dev/null)
     local rc=$?
     [ -n "$scraper" ] && kill "$scraper" 2>/dev/null && wait "$scraper" 2>/dev/null
     kill "$SERVER_PID" 2>/dev/null
@@ -132,13 +133,13 @@ for round in $(seq 1 "$ROUNDS"); do
         fi
         # The servers that are set, rotated by the round number.
         set -- $servers
-        local_list=()
+        present=()
         for s in "$@"; do
-            [ -n "$(binary_of "$s")" ] && local_list+=("$s")
+            [ -n "$(binary_of "$s")" ] && present+=("$s")
         done
-        n=${#local_list[@]}
+        n=${#present[@]}
         for i in $(seq 0 $((n - 1))); do
-            s=${local_list[$(((i + round - 1) % n))]}
+            s=${present[$(((i + round - 1) % n))]}
             run_one "$round" "$row" "$s" "$args"
         done
     done <<<"$ROW_TABLE"
